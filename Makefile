@@ -1,0 +1,39 @@
+# Wharf: the README's commands. Everything builds --locked.
+CARGO ?= cargo
+FUZZ_SECONDS ?= 600
+
+.PHONY: build test fmt-check clippy unit-and-integration demo bench fuzz clean
+
+build:
+	$(CARGO) build --workspace --locked
+
+## test: formatting, clippy -D warnings, then every unit, integration and
+## end-to-end test (the Docker ones run against the real engine).
+test: fmt-check clippy unit-and-integration
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit-and-integration:
+	$(CARGO) test --workspace --locked
+
+## demo: the local demo of what exists so far (see README).
+demo:
+	$(CARGO) run --quiet --locked -p wharf-testbed -- demo
+
+## bench: benchmarks against the real peers; results go to docs/benchmarks.md.
+bench:
+	@echo "make bench: no benchmarks yet. The first ones (dispatch latency, deploy"
+	@echo "against raw docker and docker service update) land with the core and the"
+	@echo "Docker agent; see docs/benchmarks.md."
+
+## fuzz: the protocol fuzz targets (needs cargo-fuzz and a nightly toolchain).
+fuzz:
+	cd protocol/fuzz && $(CARGO) +nightly fuzz run frame_decoder -- -max_total_time=$(FUZZ_SECONDS)
+	cd protocol/fuzz && $(CARGO) +nightly fuzz run message_decode -- -max_total_time=$(FUZZ_SECONDS)
+
+clean:
+	$(CARGO) clean
