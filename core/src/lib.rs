@@ -1,5 +1,10 @@
 //! Wharf core (design.md §3): the durable task queue, agent PKI and enrollment,
 //! QUIC and polling transports, the operator API and the `wharf` CLI.
 //!
-//! Not implemented yet: this crate is filled by the core issue. It exports
-//! nothing, and ships no binaries, so that nothing pretends to work.
+//! Being filled by the core issue: the store, the queue state machine and the PKI
+//! come first; the transports, the API and the CLI after them.
+#![warn(missing_docs)]
+
+pub mod pki;
+pub mod queue;
+pub mod store;

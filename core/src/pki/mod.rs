@@ -1,0 +1,1 @@
+//! PKI: CA, server and agent certificates, enrollment tokens (design.md §3). Being written.

@@ -1,0 +1,1 @@
+//! Task queue state machine (design.md §3). Being written.

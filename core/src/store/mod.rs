@@ -1,0 +1,1 @@
+//! Durable store (design.md §3). Being written.
