@@ -22,6 +22,8 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod docker;
 pub mod elf;
 mod fixture;

@@ -129,7 +129,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn registry_up(args: RegistryUp) -> Result<()> {
-    let mut options = RegistryOptions::new();
+    let mut options = RegistryOptions::new().in_own_process_group();
     if let Some(auth) = &args.auth {
         options.auth =
             Some(Credentials::parse(auth).map_err(|e| invalid(format!("--auth: {e:#}")))?);

@@ -4,9 +4,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{bail, ensure, Context, Result};
+use wharf_protocol::ImageRef;
 
 /// An image reference pinned by digest: `registry-host[:port]/path@sha256:<hex>`,
-/// what Wharf deploys (design.md §4: never a tag).
+/// what Wharf deploys (design.md §4: never a tag). Every `PinnedRef` also
+/// parses as a [`wharf_protocol::ImageRef`] with the same text
+/// ([`PinnedRef::image_ref`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PinnedRef {
     repository: String,
@@ -22,7 +25,16 @@ impl PinnedRef {
         check_repository(&repository)
             .with_context(|| format!("invalid image repository {repository:?}"))?;
         check_digest(&digest).with_context(|| format!("invalid image digest {digest:?}"))?;
-        Ok(PinnedRef { repository, digest })
+        let pinned = PinnedRef { repository, digest };
+        // The rest of Wharf reads references with wharf-protocol: it must agree.
+        let text = pinned.to_string();
+        let parsed =
+            ImageRef::parse(&text).with_context(|| format!("wharf-protocol refuses {text}"))?;
+        ensure!(
+            parsed.to_string() == text && parsed.repository() == pinned.repository,
+            "wharf-protocol reads {text} as {parsed}"
+        );
+        Ok(pinned)
     }
 
     /// Parses `repository@sha256:<hex>`.
@@ -47,6 +59,11 @@ impl PinnedRef {
     pub fn registry_host(&self) -> Option<&str> {
         let (first, _) = self.repository.split_once('/')?;
         is_host(first).then_some(first)
+    }
+
+    /// The same reference as the [`ImageRef`] Wharf's tasks carry.
+    pub fn image_ref(&self) -> ImageRef {
+        ImageRef::parse(&self.to_string()).expect("checked by PinnedRef::new")
     }
 
     /// The repository path inside its registry (`wharf/testapp`).
@@ -76,15 +93,6 @@ impl From<PinnedRef> for String {
     fn from(r: PinnedRef) -> String {
         r.to_string()
     }
-}
-
-/// Checks a reference the way the rest of Wharf will: it must read back to
-/// itself through [`PinnedRef::parse`].
-pub(crate) fn check_with_protocol(pinned: &PinnedRef) -> Result<()> {
-    let text = pinned.to_string();
-    let back = PinnedRef::parse(&text)?;
-    ensure!(back == *pinned, "{text} does not read back to itself");
-    Ok(())
 }
 
 /// `sha256:` followed by 64 lowercase hex digits.
@@ -181,6 +189,9 @@ mod tests {
         assert_eq!(r.registry_host(), Some("127.0.0.1:5000"));
         assert_eq!(r.path(), "wharf/testapp");
         assert_eq!(r.digest(), format!("sha256:{HEX}"));
+        let image_ref = r.image_ref();
+        assert_eq!(image_ref.registry(), Some("127.0.0.1:5000"));
+        assert_eq!(image_ref.pinned(), text);
         let plain = PinnedRef::parse(&format!("wharf/testapp@sha256:{HEX}")).unwrap();
         assert_eq!(
             (plain.registry_host(), plain.path()),

@@ -117,6 +117,11 @@ pub struct RegistryOptions {
     pub auth: Option<Credentials>,
     /// The registry program (default [`DEFAULT_PROGRAM`], found on `PATH`).
     pub program: Option<PathBuf>,
+    /// Start the registry in its own process group, so a Ctrl-C on the
+    /// terminal reaches only its owner, which then stops it in order (what
+    /// `wharf-testbed registry up` wants). Off by default: in tests, a Ctrl-C
+    /// on `cargo test` should take the registry down with it.
+    pub own_process_group: bool,
 }
 
 impl RegistryOptions {
@@ -128,6 +133,13 @@ impl RegistryOptions {
     /// Requires basic auth with this user and password.
     pub fn with_auth(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
         self.auth = Some(Credentials::new(username, password));
+        self
+    }
+
+    /// Starts the registry in its own process group (see
+    /// [`RegistryOptions::own_process_group`]).
+    pub fn in_own_process_group(mut self) -> Self {
+        self.own_process_group = true;
         self
     }
 
@@ -240,9 +252,7 @@ impl RegistryClient {
             pushed == stored,
             "docker push reported {pushed} but the registry serves {stored} for {repo}:{tag}"
         );
-        let pinned = PinnedRef::new(format!("{}/{repo}", self.host), pushed)?;
-        crate::reference::check_with_protocol(&pinned)?;
-        Ok(pinned)
+        PinnedRef::new(format!("{}/{repo}", self.host), pushed)
     }
 
     /// `docker pull` through the engine with this client's credentials.
@@ -315,6 +325,9 @@ fn parse_push_digest(output: &str) -> Option<String> {
 
 /// A running `docker-registry` on 127.0.0.1, killed and its storage removed
 /// when dropped.
+///
+/// Cleanup relies on `Drop`: keep it in a local (not a `static`, whose drop never
+/// runs). A test process killed with SIGKILL leaves the registry running.
 pub struct Registry {
     child: Mutex<Child>,
     addr: SocketAddr,
@@ -369,7 +382,13 @@ impl Registry {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let config = dir.path().join("config.yml");
             std::fs::write(&config, config_yaml(dir.path(), addr, htpasswd.as_deref()))?;
-            match start_once(&program, &config, dir.path(), addr)? {
+            match start_once(
+                &program,
+                &config,
+                dir.path(),
+                addr,
+                options.own_process_group,
+            )? {
                 Attempt::PortTaken => continue,
                 Attempt::Ready(child) => {
                     let guard = ChildGuard(Some(child));
@@ -476,13 +495,19 @@ impl Drop for ChildGuard {
     }
 }
 
-fn start_once(program: &Path, config: &Path, dir: &Path, addr: SocketAddr) -> Result<Attempt> {
+fn start_once(
+    program: &Path,
+    config: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    own_process_group: bool,
+) -> Result<Attempt> {
     let log_path = dir.join("registry.log");
     let log = File::create(&log_path)?;
     let mut cmd = Command::new(program);
-    // Its own process group: a Ctrl-C on the terminal reaches only us, and we
-    // stop the registry ourselves (on drop).
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    if own_process_group {
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    }
     cmd.arg("serve")
         .arg(config)
         .current_dir(dir)

@@ -40,6 +40,9 @@ fn private_registry_push_pull_by_digest_and_run() {
     let digests: HashSet<&str> = refs.iter().map(PinnedRef::digest).collect();
     assert_eq!(digests.len(), 3, "{refs:?}");
     for (version, pinned) in bed.images() {
+        let image_ref = wharf_protocol::ImageRef::parse(&pinned.to_string()).unwrap();
+        assert_eq!(image_ref.pinned(), pinned.to_string());
+        assert_eq!(image_ref.registry(), Some(host.as_str()));
         assert_eq!(pinned.registry_host(), Some(host.as_str()));
         assert_eq!(pinned.path(), "wharf/testapp");
         assert_eq!(
