@@ -415,7 +415,12 @@ fn server_config(
 /// refused during the handshake.
 ///
 /// `identity` is the server's (see [`TlsIdentity::for_server`]); `alpn` is typically
-/// `&[ALPN_WHARF]`. Wrap in `Arc` and hand to quinn via `QuicServerConfig::try_from`.
+/// `&[ALPN_WHARF]`. Hand to quinn via `QuicServerConfig::try_from`.
+///
+/// In TLS 1.3 the client finishes its side of the handshake before the server has checked
+/// its certificate: over QUIC a refused agent may see its `connect` succeed and the
+/// connection closed right after (alert 44 "certificate revoked", 48 "unknown CA", 45
+/// "certificate expired"), so agents should treat an early close like a failed connect.
 pub fn mtls_server_config(
     identity: &TlsIdentity,
     ca_cert: &CertificateDer<'_>,
@@ -475,8 +480,8 @@ pub fn agent_client_config(
 /// Verifies a server whose chain includes a CA certificate with a pinned SHA-256
 /// fingerprint (the agent's `--ca-hash`), then verifies the chain, validity and server
 /// name against that CA. A server that does not present the pinned CA is refused with
-/// [`PkiError::CaFingerprintMismatch`] (reachable through rustls'
-/// `CertificateError::Other`).
+/// [`PkiError::CaFingerprintMismatch`]: its message is in the rustls error's text, and
+/// [`pki_error_in_tls_error`] / [`find_pki_error`] recover it.
 #[derive(Debug)]
 pub struct PinnedCaServerVerifier {
     pinned: CaFingerprint,
