@@ -14,6 +14,10 @@
 //!   integers have no single textual form;
 //! - nesting deeper than [`MAX_DEPTH`] is refused.
 //!
+//! For documents without floats this is byte for byte what Python's
+//! `json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)` writes, so a
+//! short script can check a sticker (tested against Python's `cryptography` Ed25519).
+//!
 //! The ordering is computed here, never taken from `serde_json::Map`, so the output does not
 //! change when serde_json's `preserve_order` feature is enabled somewhere in the build.
 

@@ -23,7 +23,17 @@
 //! ```
 //!
 //! `previous` is `null` (or absent) for a first deployment. Unknown extra members are
-//! allowed and covered by the signature.
+//! allowed and covered by the signature, except inside `signature`, which must hold exactly
+//! `alg`, `key_id` and `value` (it is the one part the signature does not cover). Duplicate
+//! member names anywhere make a file malformed, as readers would disagree on its content.
+//!
+//! Python check, for example:
+//!
+//! ```python
+//! doc = json.load(open("web.json")); sig = doc.pop("signature")
+//! msg = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+//! Ed25519PublicKey.from_public_bytes(pub32).verify(base64.b64decode(sig["value"]), msg)
+//! ```
 //!
 //! # Signature
 //!

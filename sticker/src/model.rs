@@ -626,6 +626,16 @@ pub(crate) fn signature_from_object(
     object: &Map<String, Value>,
 ) -> Result<(Signature, [u8; 64]), MalformedSticker> {
     let signature = object_field(object, "", "signature")?;
+    // The signature object is not covered by the signature, so nothing may hide in it.
+    if let Some(extra) = signature
+        .keys()
+        .find(|key| !matches!(key.as_str(), "alg" | "key_id" | "value"))
+    {
+        return Err(MalformedSticker::new(format!(
+            "field signature has an unknown member {}; only alg, key_id and value are allowed",
+            shown(extra)
+        )));
+    }
     let alg = raw_string_field(signature, "signature", "alg")?;
     if alg != ALG_ED25519 {
         return Err(MalformedSticker::new(format!(
