@@ -40,6 +40,9 @@ const DEFAULT_PORT: u16 = 8080;
 const MAX_HEAD: usize = 8 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long, and how much, a closing connection keeps reading the client's leftovers.
+const LINGER: Duration = Duration::from_secs(1);
+const MAX_LINGER_BYTES: usize = 1024 * 1024;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -157,8 +160,9 @@ fn handle(mut stream: TcpStream, fail_health: bool) {
         // The client closed the connection without sending anything.
         Ok(None) => return,
         Err(err) => {
-            println!("{peer} - bad request: {err}");
             let _ = respond(&mut stream, false, 400, "bad request\n");
+            println!("{peer} - bad request: {err} - 400");
+            close_gracefully(stream);
             return;
         }
     };
@@ -173,7 +177,26 @@ fn handle(mut stream: TcpStream, fail_health: bool) {
             println!("{peer} \"{} {}\" {status}", req.method, req.path);
         }
     }
-    let _ = stream.shutdown(Shutdown::Both);
+    close_gracefully(stream);
+}
+
+/// Closes after the answer without losing it: stop sending, then read (and
+/// drop) what the client still sends, for a bounded time and amount, until it
+/// closes. Closing with unread input would make the kernel reset the
+/// connection, and a reset can destroy the answer before the client reads it.
+fn close_gracefully(mut stream: TcpStream) {
+    if stream.shutdown(Shutdown::Write).is_err() {
+        return;
+    }
+    let _ = stream.set_read_timeout(Some(LINGER));
+    let mut buf = [0u8; 4096];
+    let mut drained = 0;
+    while drained < MAX_LINGER_BYTES {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
 }
 
 /// Reads up to the end of the request head (`\r\n\r\n` or `\n\n`).
