@@ -171,8 +171,9 @@ impl SignedSticker {
             signature: Some(&self.signature),
             ..Wire::unsigned(&self.sticker)
         };
-        // Serializing plain structs of strings into a Vec cannot fail.
-        let mut bytes = serde_json::to_vec_pretty(&wire).unwrap_or_default();
+        // Plain structs of strings, a UUID and an enum serialize into a Vec infallibly.
+        let mut bytes = serde_json::to_vec_pretty(&wire)
+            .expect("a sticker of strings and a UUID always serializes to JSON");
         bytes.push(b'\n');
         bytes
     }
