@@ -1,1 +1,0 @@
-//! Task queue state machine (design.md §3). Being written.
