@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod demo;
 pub mod docker;
 pub mod elf;
 mod fixture;

@@ -41,6 +41,9 @@ enum Command {
         #[command(subcommand)]
         command: ImagesCommand,
     },
+    /// The local demo (`make demo`): build, push, pin, sign and verify a sticker,
+    /// and show tampered copies failing verification.
+    Demo,
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,6 +128,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Images {
             command: ImagesCommand::Build(args),
         } => images_build(args),
+        Command::Demo => wharf_testbed::demo::run(),
     }
 }
 

@@ -19,7 +19,9 @@
 //! - `TESTAPP_CRASH_AT_START=1`: exit 1 at once with a message on stderr;
 //! - `TESTAPP_SLOW_START_MS=N`: start listening only after N milliseconds.
 //!
-//! Every request is logged as one line on stdout.
+//! Every request is logged as one line on stdout. SIGTERM and SIGINT end the
+//! server at once with exit code 0 (it is PID 1 in its image, where the kernel
+//! gives a signal without a handler no default action).
 //!
 //! Subcommands: `testapp probe [PATH]` (GET `http://127.0.0.1:$TESTAPP_PORT/PATH`,
 //! default `/healthz`; exit 0 on 2xx, 1 otherwise) and `testapp --version`.
@@ -78,7 +80,28 @@ fn port() -> Result<u16, String> {
     }
 }
 
+/// Exits the process on SIGTERM or SIGINT, from a thread of its own.
+fn exit_on_termination() -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|err| format!("cannot install the SIGTERM handler: {err}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                println!("testapp {VERSION}: signal {signal}, exiting");
+                std::process::exit(0);
+            }
+        })
+        .map_err(|err| format!("cannot spawn the signal thread: {err}"))?;
+    Ok(())
+}
+
 fn serve() -> ExitCode {
+    if let Err(message) = exit_on_termination() {
+        eprintln!("testapp: {message}");
+        return ExitCode::from(1);
+    }
     if switch("TESTAPP_CRASH_AT_START") {
         eprintln!("testapp {VERSION}: crashing at start as asked (TESTAPP_CRASH_AT_START=1)");
         return ExitCode::from(1);

@@ -137,6 +137,12 @@ fn private_registry_push_pull_by_digest_and_run() {
     assert!(logs.contains("\"GET /version\" 200"), "{logs}");
     assert!(logs.contains("\"GET /healthz\" 200"), "{logs}");
 
+    // The app is PID 1 without an init: it must honour SIGTERM itself, so
+    // `docker stop` ends it with its own exit code 0, not the SIGKILL (137) sent
+    // when the grace period runs out.
+    docker::run(docker::command(None).args(["stop", "--time", "30", v1.name()])).unwrap();
+    assert_eq!(v1.wait_exit(HEALTH_DEADLINE).unwrap(), 0);
+
     let names: Vec<String> = [&v1, &broken, &crashing]
         .iter()
         .map(|c| c.name().to_string())
