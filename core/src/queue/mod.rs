@@ -609,12 +609,24 @@ struct AgentState {
 #[derive(Default)]
 struct Tx {
     changed: Vec<TaskId>,
+    /// Index of `changed`, built once it is too long to search.
     seen: HashSet<TaskId>,
     effects: Vec<Effect>,
 }
 
 impl Tx {
+    const SCAN: usize = 16;
+
     fn change(&mut self, id: TaskId) {
+        if self.changed.len() < Self::SCAN {
+            if !self.changed.contains(&id) {
+                self.changed.push(id);
+            }
+            return;
+        }
+        if self.seen.is_empty() {
+            self.seen.extend(self.changed.iter().copied());
+        }
         if self.seen.insert(id) {
             self.changed.push(id);
         }
@@ -625,6 +637,64 @@ impl Tx {
             changed: self.changed,
             effects: self.effects,
         }
+    }
+}
+
+/// [`Queue::refresh_target`] over split borrows: re-derives which task heads the target
+/// and where it is indexed (ready now, or waiting for its backoff); drops empty target and
+/// agent entries.
+fn refresh_head(
+    agents: &mut HashMap<AgentId, AgentState>,
+    backoff: &mut BTreeSet<(u64, TaskId)>,
+    tasks: &HashMap<TaskId, TaskRecord>,
+    clock: u64,
+    agent_id: &str,
+    target_id: &str,
+) {
+    let Some(agent) = agents.get_mut(agent_id) else {
+        return;
+    };
+    let Some(target) = agent.targets.get_mut(target_id) else {
+        return;
+    };
+    let desired = match (target.active.is_empty(), target.queued.first()) {
+        (true, Some(&(seq, head))) => {
+            let record = &tasks[&head];
+            Some(match record.not_before {
+                Some(at) if at > clock => (head, Slot::Waiting(at)),
+                _ => (head, Slot::Ready((Reverse(record.priority), seq, head))),
+            })
+        }
+        _ => None,
+    };
+    if desired != target.head {
+        match target.head {
+            Some((_, Slot::Ready(key))) => {
+                agent.ready.remove(&key);
+            }
+            Some((head, Slot::Waiting(at))) => {
+                agent.waiting.remove(&(at, head));
+                backoff.remove(&(at, head));
+            }
+            None => {}
+        }
+        match desired {
+            Some((_, Slot::Ready(key))) => {
+                agent.ready.insert(key);
+            }
+            Some((head, Slot::Waiting(at))) => {
+                agent.waiting.insert((at, head));
+                backoff.insert((at, head));
+            }
+            None => {}
+        }
+        target.head = desired;
+    }
+    if target.queued.is_empty() && target.active.is_empty() {
+        agent.targets.remove(target_id);
+    }
+    if !agent.connected && agent.targets.is_empty() {
+        agents.remove(agent_id);
     }
 }
 
@@ -807,11 +877,11 @@ impl Queue {
                 .or_default()
                 .insert(key.clone(), id);
         }
-        let (agent, target) = (record.agent.clone(), record.target.clone());
+        let agent = record.agent.clone();
         self.by_seq.insert(seq, id);
         self.tasks.insert(id, record);
         self.link(id);
-        self.refresh_target(agent.as_str(), &target);
+        self.refresh_target_of(id);
 
         let mut tx = Tx::default();
         tx.change(id);
@@ -1285,48 +1355,27 @@ impl Queue {
     /// Re-derives which task heads the target and where it is indexed (ready now or
     /// waiting for its backoff); drops empty target and agent entries.
     fn refresh_target(&mut self, agent_id: &str, target_id: &str) {
-        let clock = self.clock;
-        let Some(agent) = self.agents.get_mut(agent_id) else {
-            return;
-        };
-        let Some(target) = agent.targets.get_mut(target_id) else {
-            return;
-        };
-        if let Some((head, slot)) = target.head.take() {
-            match slot {
-                Slot::Ready(key) => {
-                    agent.ready.remove(&key);
-                }
-                Slot::Waiting(at) => {
-                    agent.waiting.remove(&(at, head));
-                    self.backoff.remove(&(at, head));
-                }
-            }
-        }
-        if target.active.is_empty() {
-            if let Some(&(seq, head)) = target.queued.first() {
-                let record = &self.tasks[&head];
-                let slot = match record.not_before {
-                    Some(at) if at > clock => {
-                        agent.waiting.insert((at, head));
-                        self.backoff.insert((at, head));
-                        Slot::Waiting(at)
-                    }
-                    _ => {
-                        let key = (Reverse(record.priority), seq, head);
-                        agent.ready.insert(key);
-                        Slot::Ready(key)
-                    }
-                };
-                target.head = Some((head, slot));
-            }
-        }
-        if target.queued.is_empty() && target.active.is_empty() {
-            agent.targets.remove(target_id);
-        }
-        if !agent.connected && agent.targets.is_empty() {
-            self.agents.remove(agent_id);
-        }
+        refresh_head(
+            &mut self.agents,
+            &mut self.backoff,
+            &self.tasks,
+            self.clock,
+            agent_id,
+            target_id,
+        );
+    }
+
+    /// `refresh_target` for the target of task `id`.
+    fn refresh_target_of(&mut self, id: TaskId) {
+        let record = &self.tasks[&id];
+        refresh_head(
+            &mut self.agents,
+            &mut self.backoff,
+            &self.tasks,
+            self.clock,
+            record.agent.as_str(),
+            &record.target,
+        );
     }
 
     /// Moves a head whose backoff is over (`at` = its `not_before`) from waiting to ready.
@@ -1352,7 +1401,6 @@ impl Queue {
         let before = record.state;
         change(record);
         let after = record.state;
-        let (agent, target) = (record.agent.clone(), record.target.clone());
         tx.change(id);
         if before != after {
             tx.effects.push(Effect::Notify {
@@ -1361,7 +1409,7 @@ impl Queue {
             });
         }
         self.link(id);
-        self.refresh_target(agent.as_str(), &target);
+        self.refresh_target_of(id);
     }
 
     /// `queued`/`dispatched` -> `expired`, telling the agent if it had been dispatched.

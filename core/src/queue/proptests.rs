@@ -2,6 +2,7 @@
 //! result / cancel with advancing time, checking the queue's invariants after every step,
 //! and that a queue restored from its records behaves exactly like the original.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use proptest::prelude::*;
@@ -43,6 +44,9 @@ enum Op {
     Disconnect(u8),
     /// Advance the clock by this many ms, then tick.
     Advance(u64),
+    /// Advance the clock without a tick (the shell woke late): events then meet due
+    /// timers that were not applied yet.
+    Sleep(u64),
     Tick,
     Accept {
         pick: usize,
@@ -96,6 +100,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..AGENTS).prop_map(Op::Connect),
         1 => (0..AGENTS).prop_map(Op::Disconnect),
         3 => (0..15_000u64).prop_map(Op::Advance),
+        2 => (0..15_000u64).prop_map(Op::Sleep),
         1 => Just(Op::Tick),
         4 => (any::<usize>(), attempt_delta(), proptest::bool::weighted(0.1)).prop_map(
             |(pick, attempt_delta, wrong_agent)| Op::Accept {
@@ -240,6 +245,10 @@ impl World {
             Op::Advance(ms) => {
                 self.now += ms;
                 Answer::Outcome(self.q.tick(self.now))
+            }
+            Op::Sleep(ms) => {
+                self.now += ms;
+                Answer::NoTask
             }
             Op::Tick => Answer::Outcome(self.q.tick(now)),
             Op::Accept {
@@ -395,6 +404,43 @@ impl World {
                     .or_insert(0);
                 assert!(*last < t.seq, "{op:?}: out of order on {}", t.target);
                 *last = t.seq;
+            }
+        }
+
+        // Priority across targets: whatever was newly dispatched to an agent ranks before
+        // every head it left waiting although it could run now.
+        let rank = |t: &TaskRecord| (Reverse(t.priority), t.seq);
+        let mut waiting_heads: HashMap<(&AgentId, &str), &TaskRecord> = HashMap::new();
+        let mut busy: HashSet<(&AgentId, &str)> = HashSet::new();
+        for t in after.values() {
+            if t.state == TaskState::Queued {
+                let head = waiting_heads.entry((&t.agent, &t.target)).or_insert(t);
+                if t.seq < head.seq {
+                    *head = t;
+                }
+            } else if t.state.is_in_flight() {
+                busy.insert((&t.agent, &t.target));
+            }
+        }
+        for (agent, id, _) in outcome.dispatches() {
+            let t = &after[&id];
+            if before
+                .get(&id)
+                .is_none_or(|old| old.state != TaskState::Queued)
+            {
+                continue; // a re-send
+            }
+            for ((a, target), head) in &waiting_heads {
+                let eligible = !busy.contains(&(*a, *target))
+                    && head.not_before.is_none_or(|nb| nb <= now)
+                    && head.expires_at.is_none_or(|e| e > now);
+                if *a == agent && eligible {
+                    assert!(
+                        rank(t) < rank(head),
+                        "{op:?}: {id} dispatched before {}",
+                        head.id
+                    );
+                }
             }
         }
 
