@@ -19,14 +19,16 @@
 //! # States
 //!
 //! ```text
-//!  submit ──► queued ──dispatch──► dispatched ──Accepted──► running ──result──► succeeded
-//!               ▲  │                 │   │                    │  │             failed
-//!               │  │ expires_at      │   │ expires_at         │  │ deadline ──► failed
-//!               │  ▼                 │   ▼                    │  │
-//!               │ expired ◄──────────┘ expired (+SendCancel)  │  └ cancel ──► cancel_requested
-//!               │                                              │               (result decides)
-//!               └────── retriable failure, attempt < max, backoff before expires_at
-//!  cancel: queued ──► cancelled; dispatched ──► cancelled (+SendCancel)
+//! submit                 ───────────► queued
+//! queued                 ─dispatch──► dispatched   (agent connected, target and slot free)
+//! dispatched             ─Accepted──► running
+//! dispatched | running   ─result────► succeeded | failed
+//!                                     | queued     (retriable failure: retry, attempt + 1)
+//!                                     | cancelled  (failure after a cancel request)
+//! queued | dispatched    ─expires_at► expired
+//! queued | dispatched    ─cancel────► cancelled
+//! running                ─cancel────► running, cancel_requested (the result decides)
+//! running                ─deadline──► failed
 //! ```
 //!
 //! `succeeded`, `failed`, `expired` and `cancelled` are terminal: a terminal record never
@@ -53,7 +55,8 @@
 //!   have been lost. A disconnection clears their leases.
 //! - **Dispatch lease.** A dispatched task not `Accepted` within [`Config::lease`] is re-sent
 //!   (same task id, same attempt); the agent's journal answers a re-sent `(id, attempt)`
-//!   without running it twice.
+//!   without running it twice. A dispatched task has no deadline of its own: it is re-sent
+//!   until it is accepted, reported, cancelled or expired.
 //! - **Expiry.** A task not started by its `expires_at` (still `queued`, or `dispatched` but
 //!   not accepted) becomes `expired` ([`Queue::tick`] does it, with a [`Effect::SendCancel`]
 //!   if it had been dispatched). Nothing is dispatched or re-sent at or after `expires_at`,
@@ -958,7 +961,9 @@ impl Queue {
     /// The agent accepted `(task, attempt)`: `dispatched` becomes `running` and the
     /// deadline starts. A repeated accept of a running task changes nothing. An accept for
     /// a task the queue has cancelled or expired changes nothing and answers with a
-    /// [`Effect::SendCancel`] (the `Assign` reached the agent after all).
+    /// [`Effect::SendCancel`] (the `Assign` reached the agent after all). An accept that
+    /// arrives after `expires_at` but before the tick that expires the task still counts:
+    /// the agent itself does not start a task past its `expires_at`.
     ///
     /// Errors (nothing changes): [`QueueError::UnknownTask`], [`QueueError::WrongAgent`],
     /// [`QueueError::StaleAttempt`] (not the current attempt),
