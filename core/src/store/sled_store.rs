@@ -48,9 +48,15 @@ const MAX_GROUP_BYTES: usize = 32 << 20;
 /// safe: a superset applied atomically keeps each batch atomic, and later operations win
 /// as they would in sequence.
 ///
-/// The committer calls sled's blocking `flush()` itself rather than `flush_async()`: the
-/// latter only runs that same `flush()` on sled's thread pool, and doing it on one
-/// dedicated thread is what lets the flushes be shared instead of racing each other.
+/// The committer calls sled's blocking `flush()` on its own thread rather than awaiting
+/// `flush_async()` per commit. `flush_async()` runs that same `flush()` on sled's global IO
+/// thread pool, and the pool's threads block inside it (holding sled's concurrency-control
+/// read lock) until the log buffer is written, a write that is itself queued on the same
+/// pool: with many concurrent `apply_batch` + `flush_async` callers sled 0.34 deadlocks
+/// (the `commit_rate` measurement in `core/tests/it/store.rs` reproduces it at 64
+/// concurrent committers; see `docs/store.md`). One committer thread keeps the pool free
+/// for the log writes, and is what lets the flushes be shared instead of racing each
+/// other. Do not call `flush_async` on any sled database in a process that uses this store.
 ///
 /// # Failures
 ///

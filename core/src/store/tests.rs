@@ -244,7 +244,10 @@ async fn typed_helpers(s: &dyn Store) {
         ),
         "{err:?}"
     );
-    assert!(err.to_string().contains("json value at agents/garbage"), "{err}");
+    assert!(
+        err.to_string().contains("json value at agents/garbage"),
+        "{err}"
+    );
     assert_eq!(error::printable_key(b"\xff\xfe"), "0xfffe");
     assert_eq!(error::printable_key(b"task/1"), "task/1");
     let err = s
@@ -294,7 +297,10 @@ async fn readers_never_see_half_a_batch<S: Store + 'static>(s: Arc<S>) {
             while !stop.load(Ordering::Relaxed) {
                 let rows = s.scan_prefix(Table::Tasks, b"pair/").unwrap();
                 assert!(rows.len() == 2 || rows.is_empty(), "half a batch: {rows:?}");
-                assert!(rows.windows(2).all(|w| w[0].1 == w[1].1), "half a batch: {rows:?}");
+                assert!(
+                    rows.windows(2).all(|w| w[0].1 == w[1].1),
+                    "half a batch: {rows:?}"
+                );
                 checks.fetch_add(1, Ordering::Relaxed);
             }
         })
