@@ -486,6 +486,51 @@ fn verify(
     Ok(())
 }
 
+/// A store held by another (live) process is refused with an error that names the
+/// directory; once that process is gone the store opens.
+#[test]
+fn open_while_another_process_holds_it() {
+    if std::env::var_os(DIR_ENV).is_some() {
+        return; // we are a child
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("held");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "store::torture_child",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(DIR_ENV, &dir)
+        .env(ITERATION_ENV, "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.any(|l| l.is_ok_and(|l| l == "ready"));
+    assert!(ready, "the child did not open the store");
+
+    let err = SledStore::open(&dir).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, wharf_core::store::StoreError::Locked { .. }),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains(&dir.display().to_string()) && msg.contains("another process"),
+        "{msg}"
+    );
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(lines);
+    SledStore::open(&dir).expect("the store opens once the other process is gone");
+}
+
 /// Commit throughput of [`SledStore`] with 1 and 64 concurrent committers, against the
 /// naive "apply, then `flush_async().await`, per commit" on a bare sled database.
 /// A measurement, not a check: run it by hand (see docs/store.md):
