@@ -381,6 +381,7 @@ mod tests {
         d.push(&[0, 0, 0, 1, 0xff]);
         let good = Message::Accepted(Accepted {
             task_id: Uuid::from_u128(7),
+            attempt: 1,
         });
         d.push(&encode_frame(&good).unwrap());
         let err = d.decode().unwrap_err();

@@ -7,6 +7,7 @@
 //!   [`read_frame`] / [`write_frame`];
 //! - [`version`]: `Hello` version negotiation ([`negotiate`]);
 //! - [`image`]: digest-pinned image references ([`ImageRef`], [`Digest`]);
+//! - [`seal`]: registry credentials sealed to one agent's X25519 key for one task;
 //! - [`time`]: wire timestamps and durations ([`Timestamp`], [`DurationMs`]).
 //!
 //! Every wire type derives `Debug, Clone, PartialEq, Serialize, Deserialize` and, with the
@@ -18,6 +19,7 @@
 pub mod frame;
 pub mod image;
 pub mod messages;
+pub mod seal;
 pub mod task;
 pub mod time;
 pub mod version;
@@ -28,8 +30,8 @@ pub use frame::{
 };
 pub use image::{Digest, DigestError, ImageRef, ImageRefError};
 pub use messages::{
-    capability, Accepted, Heartbeat, Hello, Limits, Load, Message, PollRequest, PollResponse,
-    Progress, Reject, ResultAck, Welcome,
+    capability, Accepted, Cancel, Heartbeat, Hello, Limits, Load, Message, PollRequest,
+    PollResponse, Progress, Reject, ResultAck, Welcome,
 };
 pub use task::{
     AgentTask, ComposeDeploySpec, ComposeFile, ComposeRollbackSpec, DeploySpec, ErrorType,

@@ -59,6 +59,9 @@ pub enum Message {
     Result(TaskResult),
     /// Core → agent: the result is durable in core; the agent may drop it from its journal.
     ResultAck(ResultAck),
+    /// Core → agent on the task's stream: abort the task at the next safe step and
+    /// restore the previous state (or drop it if it has not started).
+    Cancel(Cancel),
 }
 
 impl Message {
@@ -74,6 +77,7 @@ impl Message {
             Message::Progress(_) => "progress",
             Message::Result(_) => "result",
             Message::ResultAck(_) => "result-ack",
+            Message::Cancel(_) => "cancel",
         }
     }
 }
@@ -168,6 +172,9 @@ pub struct Load {
 pub struct Accepted {
     /// The task.
     pub task_id: Uuid,
+    /// The attempt accepted ([`crate::AgentTask::attempt`]); the agent journals each
+    /// `(task_id, attempt)` once.
+    pub attempt: u32,
 }
 
 /// A step or log line of a running task (agent → core).
@@ -187,6 +194,16 @@ pub struct Progress {
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ResultAck {
     /// The task whose result was stored.
+    pub task_id: Uuid,
+    /// The attempt the stored result was for.
+    pub attempt: u32,
+}
+
+/// Abort a task (core → agent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Cancel {
+    /// The task to abort.
     pub task_id: Uuid,
 }
 
@@ -208,8 +225,10 @@ pub struct PollRequest {
 pub struct PollResponse {
     /// Tasks assigned to the agent (re-sent while unacknowledged, like `Assign`).
     pub tasks: Vec<AgentTask>,
-    /// Task ids whose results core stored durably (like `ResultAck`).
-    pub acked_results: Vec<Uuid>,
+    /// Results core stored durably (like `ResultAck`).
+    pub acked_results: Vec<ResultAck>,
+    /// Tasks to abort (like `Cancel`).
+    pub cancels: Vec<Uuid>,
     /// When to poll again.
     pub next_poll_after: DurationMs,
 }

@@ -621,6 +621,8 @@ impl fmt::Debug for SealedCredentials {
 pub struct TaskResult {
     /// The task this result belongs to.
     pub task_id: Uuid,
+    /// The attempt ([`AgentTask::attempt`]) this result is for.
+    pub attempt: u32,
     /// Whether the task did what it was asked.
     pub success: bool,
     /// When the agent started the task.
@@ -645,9 +647,10 @@ pub struct TaskResult {
 
 impl TaskResult {
     /// A successful result with empty outputs, completed now.
-    pub fn success(task_id: Uuid, started_at: Timestamp) -> Self {
+    pub fn success(task_id: Uuid, attempt: u32, started_at: Timestamp) -> Self {
         TaskResult {
             task_id,
+            attempt,
             success: true,
             started_at,
             completed_at: Timestamp::now(),
@@ -665,6 +668,7 @@ impl TaskResult {
     /// [`ErrorType::is_retriable`].
     pub fn failure(
         task_id: Uuid,
+        attempt: u32,
         started_at: Timestamp,
         error_type: ErrorType,
         error: impl Into<String>,
@@ -674,7 +678,7 @@ impl TaskResult {
             error: Some(error.into()),
             error_type: Some(error_type),
             retriable: error_type.is_retriable(),
-            ..TaskResult::success(task_id, started_at)
+            ..TaskResult::success(task_id, attempt, started_at)
         }
     }
 }
@@ -923,12 +927,12 @@ mod tests {
         assert!(r.to_digest().is_err());
         assert_eq!(RollbackSpec::default().to_digest(), Ok(None));
         let id = Uuid::nil();
-        let f = TaskResult::failure(id, Timestamp(1), ErrorType::PullFailed, "boom");
+        let f = TaskResult::failure(id, 1, Timestamp(1), ErrorType::PullFailed, "boom");
         assert!(!f.success && f.retriable);
         assert_eq!(f.error.as_deref(), Some("boom"));
-        let f = TaskResult::failure(id, Timestamp(1), ErrorType::DigestMismatch, "x");
+        let f = TaskResult::failure(id, 1, Timestamp(1), ErrorType::DigestMismatch, "x");
         assert!(!f.retriable);
-        assert!(TaskResult::success(id, Timestamp(1)).completed_at >= Timestamp(1));
+        assert!(TaskResult::success(id, 1, Timestamp(1)).completed_at >= Timestamp(1));
         assert_eq!(
             RestartPolicy::OnFailure { max_retries: 3 }.as_str(),
             "on-failure"
@@ -970,7 +974,7 @@ mod tests {
 
     #[test]
     fn task_result_json_shape_is_snake_case() {
-        let mut r = TaskResult::failure(Uuid::nil(), Timestamp(0), ErrorType::HealthFailed, "x");
+        let mut r = TaskResult::failure(Uuid::nil(), 1, Timestamp(0), ErrorType::HealthFailed, "x");
         r.completed_at = Timestamp(1000);
         r.rolled_back = true;
         let v = serde_json::to_value(&r).unwrap();

@@ -12,7 +12,7 @@ mod gen {
     use wharf_protocol::*;
 
     /// Number of [`Message`] variants.
-    pub const MESSAGE_VARIANTS: usize = 9;
+    pub const MESSAGE_VARIANTS: usize = 10;
     /// Number of [`TaskPayload`] variants.
     pub const PAYLOAD_VARIANTS: usize = 8;
 
@@ -29,6 +29,7 @@ mod gen {
             Message::Progress(_) => 6,
             Message::Result(_) => 7,
             Message::ResultAck(_) => 8,
+            Message::Cancel(_) => 9,
         }
     }
 
@@ -82,7 +83,8 @@ mod gen {
             5 => Message::Accepted(u.arbitrary()?),
             6 => Message::Progress(u.arbitrary()?),
             7 => Message::Result(u.arbitrary()?),
-            _ => Message::ResultAck(u.arbitrary()?),
+            8 => Message::ResultAck(u.arbitrary()?),
+            _ => Message::Cancel(u.arbitrary()?),
         })
     }
 

@@ -103,6 +103,7 @@ proptest! {
         progress in proptest::collection::vec(bytes(), 0..4),
         tasks in proptest::collection::vec((0..gen::PAYLOAD_VARIANTS, bytes()), 0..4),
         acked in bytes(),
+        cancels in bytes(),
         next in any::<u64>(),
     ) {
         let req = PollRequest {
@@ -116,6 +117,7 @@ proptest! {
                 .map(|(v, b)| gen::with_enough(b, |u| gen::task(*v, u)))
                 .collect(),
             acked_results: gen::arb(&acked),
+            cancels: gen::arb(&cancels),
             next_poll_after: DurationMs(next),
         };
         prop_assert_eq!(from_body::<PollRequest>(&to_body(&req).unwrap()).unwrap(), req.clone());
