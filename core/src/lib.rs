@@ -5,6 +5,7 @@
 //! come first; the transports, the API and the CLI after them.
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod pki;
 pub mod queue;
 pub mod store;
