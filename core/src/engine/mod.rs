@@ -1,0 +1,980 @@
+//! The task engine: the async shell around the pure [`Queue`] (design §3).
+//!
+//! One actor task owns every change. It takes the commands that arrived (submits,
+//! cancels, agent sessions opening and closing, `Accepted`, results), applies them to
+//! the queue, writes every changed task into **one** store batch and awaits its
+//! durable commit, and only then answers the callers and performs the effects:
+//! sending `Assign` to an agent's session, a cancel, a state event. So a task is never
+//! dispatched, and no API call answers, before the change is on disk; and many changes
+//! share one flush (group commit).
+//!
+//! Readers ([`Engine::get`], [`Engine::list`]) take a read lock that the actor holds
+//! for writing across the commit, so they only ever see durable state.
+//!
+//! Transports (QUIC, HTTPS polling) talk to the engine through [`Engine::open_session`]
+//! and the report methods; the agent directory (enrollment, credentials) through the
+//! [`AgentDirectory`] trait, so the engine is tested without PKI.
+
+pub mod model;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{broadcast, mpsc, oneshot, RwLock};
+use uuid::Uuid;
+use wharf_protocol::{
+    AgentTask, DeploySpec, ImageRef, Progress, SealedCredentials, TaskKind, TaskPayload,
+    TaskResult, Timestamp,
+};
+use wharf_sticker::SigningKey;
+
+use crate::queue::{
+    self, AgentId, Effect, ListFilter, NewTask, Outcome, Queue, QueueError, ResultSummary,
+    Submission, TaskId, TaskRecord, TaskState,
+};
+use crate::store::{Batch, Store, StoreError, Table};
+
+pub use model::{
+    payload_hash, validate, InvalidSubmit, StoredTask, SubmitRequest, TaskEvent, TaskView,
+};
+
+/// What the engine needs to know about agents, provided by the directory.
+pub trait AgentDirectory: Send + Sync + 'static {
+    /// Whether an agent of this name is enrolled and not revoked.
+    fn agent_exists(&self, name: &str) -> bool;
+
+    /// Registry credentials for the task's image sealed to the agent, if core holds
+    /// credentials for that registry.
+    ///
+    /// # Errors
+    ///
+    /// A message saying why sealing failed (the task is then sent without them).
+    fn seal_credentials(
+        &self,
+        agent: &str,
+        task: &AgentTask,
+    ) -> Result<Option<SealedCredentials>, String>;
+}
+
+/// Engine settings.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// The queue's rules (leases, retries, per-agent cap).
+    pub queue: queue::Config,
+    /// How many state events the event stream buffers for slow watchers.
+    pub event_buffer: usize,
+    /// The clock, in milliseconds since the Unix epoch (replaceable in tests).
+    pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("queue", &self.queue)
+            .field("event_buffer", &self.event_buffer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            queue: queue::Config::default(),
+            event_buffer: 4096,
+            clock: Arc::new(system_now_ms),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch from the system clock.
+pub fn system_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Why the engine refused a call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The submit is invalid; nothing was stored.
+    #[error("invalid task: {0}")]
+    Invalid(#[from] InvalidSubmit),
+    /// The named agent is not enrolled (or was revoked).
+    #[error("unknown agent {0:?}: enroll it first (`wharf agent token create --name {0}`), or check `wharf agent list`")]
+    UnknownAgent(String),
+    /// The idempotency key was used before with another payload.
+    #[error("idempotency key {key:?} was already used for task {existing} with a different payload; use a new key")]
+    Conflict {
+        /// The key.
+        key: String,
+        /// The task it belongs to.
+        existing: TaskId,
+    },
+    /// The queue refused the event (unknown task, wrong agent, finished task...).
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The store failed; the engine stopped taking changes.
+    #[error("the store failed: {0}; core stopped accepting changes and must be restarted")]
+    Store(String),
+    /// The engine is shutting down or stopped after a store failure.
+    #[error("the task engine is not running")]
+    Stopped,
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(e.to_string())
+    }
+}
+
+/// A message from the engine to one agent session.
+#[derive(Debug, Clone)]
+pub enum SessionCommand {
+    /// Send this task (a first send or a re-send of the same attempt).
+    Assign(Box<AgentTask>),
+    /// Ask the agent to abort (or drop) this task.
+    Cancel(TaskId),
+    /// Close the session (revoked, or replaced by a newer session of the same agent).
+    Close {
+        /// Why, for the agent's log.
+        reason: String,
+    },
+}
+
+/// An open session, as returned by [`Engine::open_session`].
+#[derive(Debug)]
+pub struct Session {
+    /// Identifies this session in [`Engine::close_session`].
+    pub id: u64,
+    /// The engine's commands for this agent.
+    pub commands: mpsc::UnboundedReceiver<SessionCommand>,
+}
+
+struct SessionEntry {
+    id: u64,
+    transport: &'static str,
+    tx: mpsc::UnboundedSender<SessionCommand>,
+}
+
+/// Per-task data the queue does not hold.
+struct TaskExtras {
+    payload: TaskPayload,
+    priority: wharf_protocol::Priority,
+    expires_at: Option<Timestamp>,
+    timeout: wharf_protocol::DurationMs,
+    result: Option<TaskResult>,
+}
+
+struct State {
+    queue: Queue,
+    extras: HashMap<TaskId, TaskExtras>,
+    sessions: HashMap<String, SessionEntry>,
+}
+
+impl State {
+    fn stored(&self, id: TaskId) -> Option<StoredTask> {
+        let record = self.queue.get(id)?;
+        let extras = self.extras.get(&id)?;
+        Some(stored_task(record, extras))
+    }
+}
+
+fn stored_task(record: &TaskRecord, extras: &TaskExtras) -> StoredTask {
+    StoredTask {
+        record: record.clone(),
+        payload: extras.payload.clone(),
+        priority: extras.priority,
+        expires_at: extras.expires_at,
+        timeout: extras.timeout,
+        result: extras.result.clone(),
+    }
+}
+
+enum Command {
+    Submit {
+        req: Box<SubmitRequest>,
+        requester: String,
+        reply: oneshot::Sender<Result<(Submission, TaskView), EngineError>>,
+    },
+    Cancel {
+        id: TaskId,
+        reply: oneshot::Sender<Result<TaskView, EngineError>>,
+    },
+    Open {
+        agent: String,
+        transport: &'static str,
+        reply: oneshot::Sender<Session>,
+    },
+    Close {
+        agent: String,
+        session: u64,
+    },
+    CloseAgent {
+        agent: String,
+        reason: String,
+    },
+    Accepted {
+        agent: String,
+        task: TaskId,
+        attempt: u32,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    Result {
+        agent: String,
+        result: Box<TaskResult>,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+}
+
+/// A handle on the running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::UnboundedSender<Command>,
+    state: Arc<RwLock<State>>,
+    events: broadcast::Sender<TaskEvent>,
+    directory: Arc<dyn AgentDirectory>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+impl Engine {
+    /// Loads every task from the store, rebuilds the queue and starts the actor.
+    ///
+    /// Tasks that were dispatched but not accepted when core stopped are re-sent when
+    /// their agent reconnects (the agent's journal answers a re-sent id from its record,
+    /// so nothing runs twice).
+    ///
+    /// # Errors
+    ///
+    /// A store read error, or stored tasks the queue cannot accept.
+    pub fn start(
+        store: Arc<dyn Store>,
+        directory: Arc<dyn AgentDirectory>,
+        signing_key: Option<Arc<SigningKey>>,
+        config: EngineConfig,
+    ) -> Result<Engine, EngineError> {
+        let stored: Vec<StoredTask> = store
+            .scan(Table::Tasks)?
+            .into_iter()
+            .map(|(_, bytes)| {
+                postcard::from_bytes::<StoredTask>(&bytes)
+                    .map_err(|e| EngineError::Store(format!("undecodable task record: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut extras = HashMap::with_capacity(stored.len());
+        let mut records = Vec::with_capacity(stored.len());
+        for task in stored {
+            extras.insert(
+                task.record.id,
+                TaskExtras {
+                    payload: task.payload,
+                    priority: task.priority,
+                    expires_at: task.expires_at,
+                    timeout: task.timeout,
+                    result: task.result,
+                },
+            );
+            records.push(task.record);
+        }
+        let queue = Queue::restore(records, config.queue.clone())?;
+        let state = Arc::new(RwLock::new(State {
+            queue,
+            extras,
+            sessions: HashMap::new(),
+        }));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(config.event_buffer.max(16));
+        let actor = Actor {
+            rx,
+            state: state.clone(),
+            store,
+            events: events.clone(),
+            directory: directory.clone(),
+            signing_key,
+            clock: config.clock.clone(),
+        };
+        tokio::spawn(actor.run());
+        Ok(Engine {
+            tx,
+            state,
+            events,
+            directory,
+        })
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// Submits a task for `requester`. Answers once the task is durable: `Created`
+    /// (HTTP 201) or, for a repeated idempotency key with the same payload, `Existing`
+    /// (HTTP 200) with the existing task.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Invalid`] and [`EngineError::UnknownAgent`] before anything is
+    /// stored; [`EngineError::Conflict`] for a reused key with another payload.
+    pub async fn submit(
+        &self,
+        req: SubmitRequest,
+        requester: &str,
+    ) -> Result<(Submission, TaskView), EngineError> {
+        validate(&req)?;
+        if !self.directory.agent_exists(&req.agent) {
+            return Err(EngineError::UnknownAgent(req.agent));
+        }
+        let requester = requester.to_string();
+        self.call(|reply| Command::Submit {
+            req: Box::new(req),
+            requester,
+            reply,
+        })
+        .await?
+    }
+
+    /// Cancels a task (design §3): queued → cancelled; running → the agent is asked to
+    /// abort and roll back, and its result decides the final state.
+    ///
+    /// # Errors
+    ///
+    /// Unknown task, or a task that already finished.
+    pub async fn cancel(&self, id: TaskId) -> Result<TaskView, EngineError> {
+        self.call(|reply| Command::Cancel { id, reply }).await?
+    }
+
+    /// The task, as stored.
+    pub async fn get(&self, id: TaskId) -> Option<TaskView> {
+        let state = self.state.read().await;
+        state.stored(id).map(|t| TaskView::of(&t))
+    }
+
+    /// Tasks matching `filter`, in submission order.
+    pub async fn list(&self, filter: &ListFilter) -> Vec<TaskView> {
+        let state = self.state.read().await;
+        state
+            .queue
+            .list(filter)
+            .into_iter()
+            .filter_map(|r| {
+                state
+                    .extras
+                    .get(&r.id)
+                    .map(|e| TaskView::of(&stored_task(r, e)))
+            })
+            .collect()
+    }
+
+    /// The latest successful `deploy` task of `(agent, target)`, if any: core's own
+    /// record of what should run there.
+    pub async fn last_successful_deploy(&self, agent: &str, target: &str) -> Option<TaskView> {
+        let state = self.state.read().await;
+        last_deploy(&state, agent, target).map(|t| TaskView::of(&t))
+    }
+
+    /// Watches task events (state changes and progress lines) of every task; filter by
+    /// [`TaskEvent::task_id`].
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+        self.events.subscribe()
+    }
+
+    /// Opens a session for an agent that completed its handshake: the engine dispatches
+    /// its tasks into [`Session::commands`] from now on. A newer session of the same
+    /// agent replaces an older one (which gets [`SessionCommand::Close`]).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Stopped`].
+    pub async fn open_session(
+        &self,
+        agent: &str,
+        transport: &'static str,
+    ) -> Result<Session, EngineError> {
+        let agent = agent.to_string();
+        self.call(|reply| Command::Open {
+            agent,
+            transport,
+            reply,
+        })
+        .await
+    }
+
+    /// Ends a session (connection lost or closed). Dispatched tasks that the agent had not
+    /// accepted are re-sent when it comes back.
+    pub fn close_session(&self, agent: &str, session: u64) {
+        let _ = self.tx.send(Command::Close {
+            agent: agent.to_string(),
+            session,
+        });
+    }
+
+    /// Closes every live session of an agent (after `wharf agent revoke`).
+    pub fn close_agent(&self, agent: &str, reason: &str) {
+        let _ = self.tx.send(Command::CloseAgent {
+            agent: agent.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// The transport of the agent's live session, if it has one.
+    pub async fn session_transport(&self, agent: &str) -> Option<&'static str> {
+        let state = self.state.read().await;
+        state.sessions.get(agent).map(|s| s.transport)
+    }
+
+    /// The agent accepted (journaled) the task's `attempt`; durable before it returns.
+    ///
+    /// # Errors
+    ///
+    /// The task is unknown, not the agent's, or the attempt is not current.
+    pub async fn accepted(
+        &self,
+        agent: &str,
+        task: TaskId,
+        attempt: u32,
+    ) -> Result<(), EngineError> {
+        let agent = agent.to_string();
+        self.call(|reply| Command::Accepted {
+            agent,
+            task,
+            attempt,
+            reply,
+        })
+        .await?
+    }
+
+    /// A progress line from the agent: streamed to watchers, not stored.
+    ///
+    /// # Errors
+    ///
+    /// The task is unknown or not the agent's.
+    pub async fn progress(&self, agent: &str, progress: Progress) -> Result<(), EngineError> {
+        {
+            let state = self.state.read().await;
+            let record = state
+                .queue
+                .get(progress.task_id)
+                .ok_or(QueueError::UnknownTask(progress.task_id))?;
+            if record.agent.as_str() != agent {
+                return Err(QueueError::WrongAgent {
+                    task: progress.task_id,
+                    agent: AgentId::new(agent),
+                }
+                .into());
+            }
+        }
+        let _ = self.events.send(TaskEvent::Progress {
+            task_id: progress.task_id,
+            step: progress.step,
+            line: progress.line,
+        });
+        Ok(())
+    }
+
+    /// A task result from the agent. `Ok` means it is durable (or was already recorded):
+    /// the transport then sends `ResultAck` so the agent drops it from its journal.
+    ///
+    /// # Errors
+    ///
+    /// The task is unknown or not the agent's: no ack is due.
+    pub async fn result(&self, agent: &str, result: TaskResult) -> Result<(), EngineError> {
+        let agent = agent.to_string();
+        self.call(|reply| Command::Result {
+            agent,
+            result: Box::new(result),
+            reply,
+        })
+        .await?
+    }
+
+    /// Number of tasks per state (for `/metrics`).
+    pub async fn counts(&self) -> Vec<(TaskState, usize)> {
+        let state = self.state.read().await;
+        TaskState::ALL
+            .iter()
+            .map(|s| (*s, state.queue.count(*s)))
+            .collect()
+    }
+}
+
+fn last_deploy(state: &State, agent: &str, target: &str) -> Option<StoredTask> {
+    let filter = ListFilter {
+        state: Some(TaskState::Succeeded),
+        agent: Some(AgentId::new(agent)),
+        target: Some(target.to_string()),
+        ..ListFilter::default()
+    };
+    state
+        .queue
+        .list(&filter)
+        .into_iter()
+        .filter(|r| r.kind == TaskKind::Deploy.as_str())
+        .max_by_key(|r| (r.updated_at, r.seq))
+        .and_then(|r| state.stored(r.id))
+}
+
+/// A reply to send once the round's batch is durable.
+enum Reply {
+    Submit(
+        oneshot::Sender<Result<(Submission, TaskView), EngineError>>,
+        Result<(Submission, TaskId), EngineError>,
+    ),
+    View(
+        oneshot::Sender<Result<TaskView, EngineError>>,
+        Result<TaskId, EngineError>,
+    ),
+    Unit(
+        oneshot::Sender<Result<(), EngineError>>,
+        Result<(), EngineError>,
+    ),
+    Session(oneshot::Sender<Session>, Session),
+}
+
+struct Actor {
+    rx: mpsc::UnboundedReceiver<Command>,
+    state: Arc<RwLock<State>>,
+    store: Arc<dyn Store>,
+    events: broadcast::Sender<TaskEvent>,
+    directory: Arc<dyn AgentDirectory>,
+    signing_key: Option<Arc<SigningKey>>,
+    clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+/// Most commands applied in one round (one durable batch).
+const MAX_ROUND: usize = 2048;
+
+impl Actor {
+    async fn run(mut self) {
+        let mut wakeup: Option<u64> = Some(0);
+        loop {
+            let mut commands = Vec::new();
+            let sleep_for =
+                wakeup.map(|at| Duration::from_millis(at.saturating_sub((self.clock)())));
+            tokio::select! {
+                command = self.rx.recv() => match command {
+                    Some(c) => commands.push(c),
+                    None => return,
+                },
+                () = sleep_opt(sleep_for) => {}
+            }
+            while commands.len() < MAX_ROUND {
+                match self.rx.try_recv() {
+                    Ok(c) => commands.push(c),
+                    Err(_) => break,
+                }
+            }
+            match self.round(commands).await {
+                Ok(next) => wakeup = next,
+                Err(error) => {
+                    tracing::error!(%error, "task engine stopped: the store failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Applies the commands, commits the changes, then answers and performs effects.
+    async fn round(&mut self, commands: Vec<Command>) -> Result<Option<u64>, StoreError> {
+        let now = (self.clock)();
+        let mut state = self.state.write().await;
+        let mut outcome = Outcome::default();
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut closes = Vec::new();
+        for command in commands {
+            self.apply(
+                &mut state,
+                command,
+                now,
+                &mut outcome,
+                &mut replies,
+                &mut closes,
+            );
+        }
+        outcome.merge(state.queue.tick(now));
+
+        let mut batch = Batch::new();
+        for id in &outcome.changed {
+            if let Some(task) = state.stored(*id) {
+                batch.put_postcard(Table::Tasks, id.as_bytes().to_vec(), &task)?;
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(error) = self.store.commit(batch).await {
+                let message = error.to_string();
+                for reply in replies {
+                    fail_reply(reply, &message);
+                }
+                return Err(error);
+            }
+        }
+        // Durable: answer, then act.
+        for reply in replies {
+            match reply {
+                Reply::Submit(tx, result) => {
+                    let _ = tx.send(result.and_then(|(s, id)| {
+                        state
+                            .stored(id)
+                            .map(|t| (s, TaskView::of(&t)))
+                            .ok_or(EngineError::Queue(QueueError::UnknownTask(id)))
+                    }));
+                }
+                Reply::View(tx, result) => {
+                    let _ = tx.send(result.and_then(|id| {
+                        state
+                            .stored(id)
+                            .map(|t| TaskView::of(&t))
+                            .ok_or(EngineError::Queue(QueueError::UnknownTask(id)))
+                    }));
+                }
+                Reply::Unit(tx, result) => {
+                    let _ = tx.send(result);
+                }
+                Reply::Session(tx, session) => {
+                    let _ = tx.send(session);
+                }
+            }
+        }
+        for effect in outcome.effects {
+            self.perform(&state, effect, now);
+        }
+        for (entry, reason) in closes {
+            let _ = entry.tx.send(SessionCommand::Close { reason });
+        }
+        Ok(state.queue.next_wakeup())
+    }
+
+    fn apply(
+        &self,
+        state: &mut State,
+        command: Command,
+        now: u64,
+        outcome: &mut Outcome,
+        replies: &mut Vec<Reply>,
+        closes: &mut Vec<(SessionEntry, String)>,
+    ) {
+        match command {
+            Command::Submit {
+                req,
+                requester,
+                reply,
+            } => {
+                let result = self.submit(state, *req, &requester, now, outcome);
+                replies.push(Reply::Submit(reply, result));
+            }
+            Command::Cancel { id, reply } => {
+                let result = state
+                    .queue
+                    .cancel(id, now)
+                    .map(|o| {
+                        outcome.merge(o);
+                        id
+                    })
+                    .map_err(EngineError::from);
+                replies.push(Reply::View(reply, result));
+            }
+            Command::Open {
+                agent,
+                transport,
+                reply,
+            } => {
+                let (tx, commands) = mpsc::unbounded_channel();
+                let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+                let entry = SessionEntry { id, transport, tx };
+                if let Some(old) = state.sessions.insert(agent.clone(), entry) {
+                    closes.push((old, "replaced by a newer session of the same agent".into()));
+                }
+                let agent_id = AgentId::new(&agent);
+                // A reconnect: leases of unaccepted tasks are cleared, so they are re-sent.
+                outcome.merge(state.queue.agent_disconnected(&agent_id, now));
+                outcome.merge(state.queue.agent_connected(&agent_id, now));
+                replies.push(Reply::Session(reply, Session { id, commands }));
+            }
+            Command::Close { agent, session } => {
+                if state.sessions.get(&agent).is_some_and(|s| s.id == session) {
+                    state.sessions.remove(&agent);
+                    outcome.merge(state.queue.agent_disconnected(&AgentId::new(&agent), now));
+                }
+            }
+            Command::CloseAgent { agent, reason } => {
+                if let Some(entry) = state.sessions.remove(&agent) {
+                    closes.push((entry, reason));
+                    outcome.merge(state.queue.agent_disconnected(&AgentId::new(&agent), now));
+                }
+            }
+            Command::Accepted {
+                agent,
+                task,
+                attempt,
+                reply,
+            } => {
+                let result = state
+                    .queue
+                    .accepted(&AgentId::new(&agent), task, attempt, now)
+                    .map(|o| outcome.merge(o))
+                    .map_err(EngineError::from);
+                replies.push(Reply::Unit(reply, result));
+            }
+            Command::Result {
+                agent,
+                result,
+                reply,
+            } => {
+                let summary = ResultSummary {
+                    success: result.success,
+                    retriable: result.retriable,
+                    error: result.error.clone(),
+                };
+                let task = result.task_id;
+                let res = state
+                    .queue
+                    .result(&AgentId::new(&agent), task, result.attempt, summary, now)
+                    .map(|o| {
+                        if o.changed.contains(&task) {
+                            // The first result for this attempt: keep it whole.
+                            if let Some(extras) = state.extras.get_mut(&task) {
+                                extras.result = Some(*result);
+                            }
+                        }
+                        outcome.merge(o);
+                    })
+                    .map_err(EngineError::from);
+                replies.push(Reply::Unit(reply, res));
+            }
+        }
+    }
+
+    fn submit(
+        &self,
+        state: &mut State,
+        req: SubmitRequest,
+        requester: &str,
+        now: u64,
+        outcome: &mut Outcome,
+    ) -> Result<(Submission, TaskId), EngineError> {
+        let id = Uuid::new_v4();
+        let expires_at = match (req.expires_at, req.expires_in) {
+            (Some(at), Some(within)) => Some(at.min(model::ms_to_ts(now).saturating_add(within))),
+            (Some(at), None) => Some(at),
+            (None, Some(within)) => Some(model::ms_to_ts(now).saturating_add(within)),
+            (None, None) => None,
+        };
+        let timeout = req.timeout.unwrap_or(model::DEFAULT_TASK_TIMEOUT);
+        let new = NewTask {
+            id,
+            kind: req.payload.kind().as_str().to_string(),
+            requester: requester.to_string(),
+            idempotency_key: req.idempotency_key.clone(),
+            payload_hash: payload_hash(&req),
+            agent: AgentId::new(&req.agent),
+            target: req.target.clone(),
+            priority: model::queue_priority(req.priority),
+            max_attempts: req.max_attempts.unwrap_or(model::DEFAULT_MAX_ATTEMPTS),
+            timeout: timeout.as_duration(),
+            expires_at: expires_at.map(model::ts_to_ms),
+        };
+        // Sign the sticker before the queue sees the task, so a signing failure changes
+        // nothing; it is only kept for a created task.
+        let mut payload = req.payload.clone();
+        if let TaskPayload::Deploy(spec) = &mut payload {
+            spec.sticker = self.sign_sticker(state, &req, spec, id, requester, now)?;
+        }
+        let (submission, o) = state.queue.submit(new, now)?;
+        match submission {
+            Submission::Created(_) => {
+                state.extras.insert(
+                    id,
+                    TaskExtras {
+                        payload,
+                        priority: req.priority,
+                        expires_at,
+                        timeout,
+                        result: None,
+                    },
+                );
+                outcome.merge(o);
+                Ok((submission, id))
+            }
+            Submission::Existing(existing) => Ok((submission, existing)),
+            Submission::Conflict(existing) => Err(EngineError::Conflict {
+                key: req.idempotency_key.unwrap_or_default(),
+                existing,
+            }),
+        }
+    }
+
+    /// The sticker core signs for a deploy (design §6): what the agent writes after
+    /// success. `previous` is core's record of the last successful deploy there.
+    fn sign_sticker(
+        &self,
+        state: &State,
+        req: &SubmitRequest,
+        spec: &DeploySpec,
+        id: TaskId,
+        requester: &str,
+        now: u64,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(key) = &self.signing_key else {
+            return Ok(None);
+        };
+        let image = ImageRef::parse(&spec.image).map_err(|e| InvalidSubmit::Field {
+            field: "payload.deploy.image".into(),
+            reason: e.to_string(),
+        })?;
+        let component = |image: &ImageRef| wharf_sticker::Component {
+            name: req.target.clone(),
+            image: image.repository().to_string(),
+            digest: image.digest().to_string(),
+        };
+        let release =
+            |r: &wharf_protocol::ReleaseInfo, fallback_id: TaskId| wharf_sticker::Release {
+                id: non_empty(&r.id, &fallback_id.to_string()),
+                name: non_empty(&r.name, &req.target),
+                version: non_empty(&r.version, &image_short(&spec.image)),
+            };
+        let previous = last_deploy(state, &req.agent, &req.target).and_then(|t| match &t.payload {
+            TaskPayload::Deploy(prev) => {
+                ImageRef::parse(&prev.image)
+                    .ok()
+                    .map(|img| wharf_sticker::Previous {
+                        release: wharf_sticker::Release {
+                            id: non_empty(&prev.release.id, &t.record.id.to_string()),
+                            name: non_empty(&prev.release.name, &req.target),
+                            version: non_empty(&prev.release.version, &image_short(&img.pinned())),
+                        },
+                        components: vec![component(&img)],
+                    })
+            }
+            _ => None,
+        });
+        let sticker = wharf_sticker::Sticker {
+            target: wharf_sticker::Target {
+                agent: req.agent.clone(),
+                kind: wharf_sticker::TargetKind::Docker,
+                name: req.target.clone(),
+            },
+            release: release(&spec.release, id),
+            components: vec![component(&image)],
+            deployed_at: model::ms_to_ts(now).to_string(),
+            deployed_by: requester.to_string(),
+            task_id: id,
+            previous,
+        };
+        let signed = wharf_sticker::sign(&sticker, key).map_err(|e| InvalidSubmit::Field {
+            field: "payload.deploy".into(),
+            reason: format!("cannot sign the sticker: {e}"),
+        })?;
+        String::from_utf8(signed.to_file_bytes())
+            .map(Some)
+            .map_err(|e| EngineError::Store(format!("sticker is not UTF-8: {e}")))
+    }
+
+    fn perform(&self, state: &State, effect: Effect, now: u64) {
+        match effect {
+            Effect::Dispatch {
+                agent,
+                task,
+                attempt,
+            } => {
+                let Some(session) = state.sessions.get(agent.as_str()) else {
+                    return;
+                };
+                let (Some(record), Some(extras)) = (state.queue.get(task), state.extras.get(&task))
+                else {
+                    return;
+                };
+                let mut assign = AgentTask {
+                    id: task,
+                    target: record.target.clone(),
+                    payload: extras.payload.clone(),
+                    credentials: None,
+                    timeout: extras.timeout,
+                    priority: extras.priority,
+                    idempotency_key: record.idempotency_key.clone(),
+                    requested_by: record.requester.clone(),
+                    assigned_at: model::ms_to_ts(now),
+                    expires_at: extras.expires_at,
+                    attempt,
+                };
+                match self.directory.seal_credentials(agent.as_str(), &assign) {
+                    Ok(sealed) => assign.credentials = sealed,
+                    Err(error) => {
+                        tracing::warn!(%task, agent = agent.as_str(), %error, "cannot seal registry credentials; sending the task without them");
+                    }
+                }
+                let _ = session.tx.send(SessionCommand::Assign(Box::new(assign)));
+            }
+            Effect::SendCancel { agent, task } => {
+                if let Some(session) = state.sessions.get(agent.as_str()) {
+                    let _ = session.tx.send(SessionCommand::Cancel(task));
+                }
+            }
+            // Results are acknowledged by the transport once `Engine::result` returns.
+            Effect::AckResult { .. } => {}
+            Effect::Notify { task, state: s } => {
+                let _ = self.events.send(TaskEvent::State {
+                    task_id: task,
+                    state: s,
+                });
+            }
+        }
+    }
+}
+
+fn fail_reply(reply: Reply, message: &str) {
+    let error = || EngineError::Store(message.to_string());
+    match reply {
+        Reply::Submit(tx, _) => {
+            let _ = tx.send(Err(error()));
+        }
+        Reply::View(tx, _) => {
+            let _ = tx.send(Err(error()));
+        }
+        Reply::Unit(tx, _) => {
+            let _ = tx.send(Err(error()));
+        }
+        // The session is not registered durably; the caller sees the engine stop.
+        Reply::Session(..) => {}
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn non_empty(value: &str, fallback: &str) -> String {
+    if value.is_empty() {
+        fallback.to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+/// `sha256:` plus the first 12 hex digits of the reference's digest: a readable default
+/// version when the operator named none.
+fn image_short(pinned: &str) -> String {
+    pinned
+        .rsplit_once("@sha256:")
+        .map(|(_, hex)| format!("sha256:{}", &hex[..hex.len().min(12)]))
+        .unwrap_or_else(|| pinned.to_string())
+}
+
+#[cfg(test)]
+mod tests;

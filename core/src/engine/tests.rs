@@ -1,0 +1,381 @@
+//! Engine tests: the real queue and an in-memory or sled store, a fake directory.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wharf_protocol::{DeploySpec, Priority, TaskPayload, TaskResult, Timestamp};
+use wharf_sticker::{Keyring, SigningKey, Verification};
+
+use super::*;
+use crate::store::{MemoryStore, SledStore};
+
+const IMAGE_V1: &str =
+    "127.0.0.1:5000/app@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const IMAGE_V2: &str =
+    "127.0.0.1:5000/app@sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+#[derive(Default)]
+struct FakeDirectory {
+    agents: Mutex<HashSet<String>>,
+}
+
+impl FakeDirectory {
+    fn with(agents: &[&str]) -> Arc<Self> {
+        Arc::new(FakeDirectory {
+            agents: Mutex::new(agents.iter().map(|a| a.to_string()).collect()),
+        })
+    }
+}
+
+impl AgentDirectory for FakeDirectory {
+    fn agent_exists(&self, name: &str) -> bool {
+        self.agents.lock().unwrap().contains(name)
+    }
+    fn seal_credentials(
+        &self,
+        _agent: &str,
+        _task: &AgentTask,
+    ) -> Result<Option<SealedCredentials>, String> {
+        Ok(None)
+    }
+}
+
+fn deploy(agent: &str, target: &str, image: &str, key: Option<&str>) -> SubmitRequest {
+    SubmitRequest {
+        agent: agent.into(),
+        target: target.into(),
+        payload: TaskPayload::Deploy(DeploySpec::new(image)),
+        priority: Priority::Normal,
+        idempotency_key: key.map(str::to_string),
+        expires_at: None,
+        expires_in: None,
+        timeout: None,
+        max_attempts: None,
+    }
+}
+
+fn start(store: Arc<dyn Store>, key: Option<Arc<SigningKey>>) -> Engine {
+    Engine::start(
+        store,
+        FakeDirectory::with(&["host-1", "host-2"]),
+        key,
+        EngineConfig::default(),
+    )
+    .unwrap()
+}
+
+async fn next_assign(session: &mut Session) -> AgentTask {
+    match tokio::time::timeout(Duration::from_secs(5), session.commands.recv())
+        .await
+        .expect("an Assign within 5 s")
+        .expect("session open")
+    {
+        SessionCommand::Assign(task) => *task,
+        other => panic!("expected Assign, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn idempotent_submit_created_existing_conflict() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = start(store.clone(), None);
+    let (s1, t1) = engine
+        .submit(deploy("host-1", "web", IMAGE_V1, Some("k1")), "ci")
+        .await
+        .unwrap();
+    assert_eq!(s1.http_status(), 201);
+    assert_eq!(t1.state, TaskState::Queued);
+    let (s2, t2) = engine
+        .submit(deploy("host-1", "web", IMAGE_V1, Some("k1")), "ci")
+        .await
+        .unwrap();
+    assert_eq!(s2.http_status(), 200);
+    assert_eq!(t1.id, t2.id);
+    let err = engine
+        .submit(deploy("host-1", "web", IMAGE_V2, Some("k1")), "ci")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Conflict { existing, .. } if existing == t1.id));
+    // The same key from another requester is another task.
+    let (s3, t3) = engine
+        .submit(
+            deploy("host-1", "web", IMAGE_V1, Some("k1")),
+            "someone-else",
+        )
+        .await
+        .unwrap();
+    assert_eq!(s3.http_status(), 201);
+    assert_ne!(t3.id, t1.id);
+    assert_eq!(store.scan(Table::Tasks).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn invalid_and_unknown_agent_store_nothing() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = start(store.clone(), None);
+    let err = engine
+        .submit(deploy("host-1", "web", "127.0.0.1:5000/app:v1", None), "ci")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::Invalid(InvalidSubmit::Field { field, .. }) if field == "payload.deploy.image"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not pinned"), "{err}");
+    let err = engine
+        .submit(deploy("nobody", "web", IMAGE_V1, None), "ci")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::UnknownAgent(_)), "{err}");
+    let err = engine
+        .submit(deploy("host-1", "../etc", IMAGE_V1, None), "ci")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Invalid(_)), "{err}");
+    assert!(store.scan(Table::Tasks).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn dispatch_accept_result_with_events() {
+    let engine = start(Arc::new(MemoryStore::new()), None);
+    let mut events = engine.subscribe();
+    let (_, view) = engine
+        .submit(deploy("host-1", "web", IMAGE_V1, None), "ci")
+        .await
+        .unwrap();
+    let mut session = engine.open_session("host-1", "quic").await.unwrap();
+    let task = next_assign(&mut session).await;
+    assert_eq!(task.id, view.id);
+    assert_eq!(task.attempt, 1);
+    assert_eq!(task.requested_by, "ci");
+    assert_eq!(
+        engine.get(view.id).await.unwrap().state,
+        TaskState::Dispatched
+    );
+    assert_eq!(engine.session_transport("host-1").await, Some("quic"));
+
+    engine.accepted("host-1", task.id, 1).await.unwrap();
+    assert_eq!(engine.get(view.id).await.unwrap().state, TaskState::Running);
+    // Another agent may not report on it.
+    assert!(engine.accepted("host-2", task.id, 1).await.is_err());
+    engine
+        .progress(
+            "host-1",
+            Progress {
+                task_id: task.id,
+                step: "pull".into(),
+                line: "pulling".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let mut result = TaskResult::success(task.id, 1, Timestamp::now());
+    result.outputs.insert("digest".into(), "sha256:1".into());
+    engine.result("host-1", result.clone()).await.unwrap();
+    // A repeated result is acknowledged and changes nothing.
+    let mut again = result.clone();
+    again.success = false;
+    engine.result("host-1", again).await.unwrap();
+    let done = engine.get(view.id).await.unwrap();
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(done.result.as_ref().unwrap(), &result);
+
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if event.task_id() == view.id {
+            seen.push(event);
+        }
+    }
+    let states: Vec<TaskState> = seen
+        .iter()
+        .filter_map(|e| match e {
+            TaskEvent::State { state, .. } => Some(*state),
+            TaskEvent::Progress { .. } => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            TaskState::Queued,
+            TaskState::Dispatched,
+            TaskState::Running,
+            TaskState::Succeeded
+        ]
+    );
+    assert!(seen
+        .iter()
+        .any(|e| matches!(e, TaskEvent::Progress { step, .. } if step == "pull")));
+}
+
+#[tokio::test]
+async fn one_task_per_target_in_order_and_cancel_queued() {
+    let engine = start(Arc::new(MemoryStore::new()), None);
+    let (_, a) = engine
+        .submit(deploy("host-1", "web", IMAGE_V1, None), "ci")
+        .await
+        .unwrap();
+    let (_, b) = engine
+        .submit(deploy("host-1", "web", IMAGE_V2, None), "ci")
+        .await
+        .unwrap();
+    let (_, c) = engine
+        .submit(deploy("host-1", "web", IMAGE_V1, None), "ci")
+        .await
+        .unwrap();
+    let mut session = engine.open_session("host-1", "quic").await.unwrap();
+    assert_eq!(next_assign(&mut session).await.id, a.id);
+    assert!(session.commands.try_recv().is_err(), "b must wait for a");
+    let cancelled = engine.cancel(c.id).await.unwrap();
+    assert_eq!(cancelled.state, TaskState::Cancelled);
+    assert!(engine.cancel(c.id).await.is_err(), "already finished");
+    engine
+        .result("host-1", TaskResult::success(a.id, 1, Timestamp::now()))
+        .await
+        .unwrap();
+    assert_eq!(next_assign(&mut session).await.id, b.id);
+}
+
+#[tokio::test]
+async fn restart_keeps_tasks_and_resends_unaccepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let id;
+    {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let engine = start(store, None);
+        let (_, view) = engine
+            .submit(deploy("host-1", "web", IMAGE_V1, Some("once")), "ci")
+            .await
+            .unwrap();
+        id = view.id;
+        let mut session = engine.open_session("host-1", "quic").await.unwrap();
+        assert_eq!(next_assign(&mut session).await.id, id);
+        // Core "dies" here: the Assign was sent, never accepted.
+    }
+    // The old engine's actor still holds the sled directory; wait until it let go.
+    let store: Arc<dyn Store> = loop {
+        match SledStore::open(dir.path()) {
+            Ok(store) => break Arc::new(store),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let engine = start(store, None);
+    let view = engine.get(id).await.expect("task survived the restart");
+    assert_eq!(view.state, TaskState::Dispatched);
+    let (status, again) = engine
+        .submit(deploy("host-1", "web", IMAGE_V1, Some("once")), "ci")
+        .await
+        .unwrap();
+    assert_eq!((status.http_status(), again.id), (200, id));
+    let mut session = engine.open_session("host-1", "quic").await.unwrap();
+    let resent = next_assign(&mut session).await;
+    assert_eq!((resent.id, resent.attempt), (id, 1));
+}
+
+#[tokio::test]
+async fn deploy_carries_a_signed_sticker_with_previous() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let keyring = Keyring::from(key.verifying_key().clone());
+    let engine = start(Arc::new(MemoryStore::new()), Some(Arc::new(key)));
+    let mut session = engine.open_session("host-1", "quic").await.unwrap();
+    let (_, first) = engine
+        .submit(deploy("host-1", "web", IMAGE_V1, None), "alice")
+        .await
+        .unwrap();
+    let task = next_assign(&mut session).await;
+    let TaskPayload::Deploy(spec) = &task.payload else {
+        panic!("deploy payload expected");
+    };
+    let sticker = match wharf_sticker::verify(spec.sticker.as_ref().unwrap().as_bytes(), &keyring) {
+        Verification::Valid(sticker) => sticker,
+        other => panic!("sticker does not verify: {other:?}"),
+    };
+    assert_eq!(sticker.task_id, first.id);
+    assert_eq!(sticker.deployed_by, "alice");
+    assert_eq!(sticker.components[0].image, "127.0.0.1:5000/app");
+    assert!(sticker.previous.is_none());
+    engine
+        .result("host-1", TaskResult::success(first.id, 1, Timestamp::now()))
+        .await
+        .unwrap();
+
+    engine
+        .submit(deploy("host-1", "web", IMAGE_V2, None), "alice")
+        .await
+        .unwrap();
+    let task = next_assign(&mut session).await;
+    let TaskPayload::Deploy(spec) = &task.payload else {
+        panic!("deploy payload expected");
+    };
+    let sticker = wharf_sticker::verify(spec.sticker.as_ref().unwrap().as_bytes(), &keyring)
+        .into_valid()
+        .unwrap();
+    let previous = sticker.previous.expect("previous deploy recorded");
+    assert_eq!(
+        previous.components[0].digest,
+        format!("sha256:{}", "1".repeat(64))
+    );
+    assert_eq!(
+        sticker.components[0].digest,
+        format!("sha256:{}", "2".repeat(64))
+    );
+    // An operator cannot smuggle in a sticker of their own.
+    let mut forged = deploy("host-1", "web", IMAGE_V1, None);
+    if let TaskPayload::Deploy(spec) = &mut forged.payload {
+        spec.sticker = Some("{}".into());
+    }
+    assert!(matches!(
+        engine.submit(forged, "alice").await,
+        Err(EngineError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn replaced_session_is_closed_and_revoked_agent_closed() {
+    let engine = start(Arc::new(MemoryStore::new()), None);
+    let mut old = engine.open_session("host-1", "quic").await.unwrap();
+    let mut new = engine.open_session("host-1", "poll").await.unwrap();
+    assert!(matches!(
+        old.commands.recv().await,
+        Some(SessionCommand::Close { .. })
+    ));
+    // Closing the old session id does not unregister the new one.
+    engine.close_session("host-1", old.id);
+    assert_eq!(engine.session_transport("host-1").await, Some("poll"));
+    engine.close_agent("host-1", "revoked");
+    assert!(matches!(
+        new.commands.recv().await,
+        Some(SessionCommand::Close { reason }) if reason == "revoked"
+    ));
+    assert_eq!(engine.session_transport("host-1").await, None);
+}
+
+#[tokio::test]
+async fn expired_task_is_never_dispatched() {
+    let engine = start(Arc::new(MemoryStore::new()), None);
+    let mut req = deploy("host-1", "web", IMAGE_V1, None);
+    req.expires_in = Some(wharf_protocol::DurationMs::from_millis(50));
+    let (_, view) = engine.submit(req, "ci").await.unwrap();
+    let mut events = engine.subscribe();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("the task expires")
+            .unwrap()
+        {
+            TaskEvent::State { task_id, state } if task_id == view.id => {
+                assert_eq!(state, TaskState::Expired);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let mut session = engine.open_session("host-1", "quic").await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), session.commands.recv())
+            .await
+            .is_err(),
+        "an expired task must not be sent"
+    );
+    assert_eq!(engine.get(view.id).await.unwrap().state, TaskState::Expired);
+}
