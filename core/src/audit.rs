@@ -21,7 +21,7 @@
 //! ```
 //!
 //! `at` is the RFC 3339 UTC form with milliseconds written by
-//! [`Timestamp`](wharf_protocol::Timestamp)'s `Display`; `seq` a plain integer. Numbers in
+//! [`Timestamp`]'s `Display`; `seq` a plain integer. Numbers in
 //! `detail` that are not 64-bit integers are stored as strings (JSON has no single textual
 //! form for them). So an auditor can recompute any hash from the stored JSON with
 //! `sha256(json.dumps(e_without_hash, sort_keys=True, separators=(",", ":"),

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod directory;
 pub mod engine;
 pub mod pki;
 pub mod queue;
