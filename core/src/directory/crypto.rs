@@ -75,17 +75,18 @@ impl MasterKey {
             .map_err(|_| DirectoryError::Crypto {
                 what: "draw a nonce",
             })?;
-        let mut buf = plaintext.to_vec();
+        // Zeroizing: if sealing failed, the buffer would still hold the plaintext.
+        let mut buf = Zeroizing::new(plaintext.to_vec());
         self.aead_key()
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
-                &mut buf,
+                &mut *buf,
             )
             .map_err(|_| DirectoryError::Crypto {
                 what: "encrypt with the master key",
             })?;
-        Ok((nonce, buf))
+        Ok((nonce, std::mem::take(&mut *buf)))
     }
 
     /// Decrypts what [`encrypt`](Self::encrypt) gave; `None` if the key, the AAD, the

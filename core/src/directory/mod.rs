@@ -368,7 +368,9 @@ fn check_x25519_public(key: &[u8; 32]) -> Result<()> {
 pub fn normalize_registry_host(host: &str) -> Result<String> {
     let mut h = host.trim();
     for scheme in ["https://", "http://"] {
-        if h.len() >= scheme.len() && h[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        if h.get(..scheme.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+        {
             h = &h[scheme.len()..];
         }
     }
@@ -1041,7 +1043,10 @@ impl Directory {
     /// most every [`LAST_USED_PERSIST_INTERVAL`].
     pub fn authenticate(&self, bearer: &str) -> Option<Principal> {
         let mut presented = bearer.trim();
-        if presented.len() > 7 && presented[..7].eq_ignore_ascii_case("bearer ") {
+        if presented
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+        {
             presented = presented[7..].trim();
         }
         if presented.is_empty() || presented.len() > 512 {

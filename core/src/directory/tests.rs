@@ -666,6 +666,8 @@ async fn api_tokens_roles_and_revocation() {
 
     assert_eq!(f.dir.authenticate("wharf-api-nope"), None);
     assert_eq!(f.dir.authenticate(""), None);
+    assert_eq!(f.dir.authenticate("bearéééé"), None);
+    assert_eq!(f.dir.authenticate("Bearer"), None);
     let mut near = deployer.expose().to_string();
     near.pop();
     assert_eq!(f.dir.authenticate(&near), None);
@@ -997,6 +999,8 @@ async fn registry_login_input_checks() {
         "-a.example",
         "a.example:port",
         "a.example:123456",
+        "httpé://x",
+        "é",
     ] {
         let err = f
             .dir
