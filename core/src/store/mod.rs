@@ -57,7 +57,7 @@ use std::pin::Pin;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use error::{Codec, StoreError};
+pub use error::{BoxError, Codec, StoreError};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 

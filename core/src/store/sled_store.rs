@@ -147,9 +147,12 @@ impl SledStore {
                 })
             }
             None => {
+                // No marker: an empty database (first open), or one wharf did not write.
                 if let Some(Ok((key, _))) = db.iter().next() {
-                    if key.first() != Some(&INTERNAL_PREFIX) && Table::from_prefix(key[0]).is_none()
-                    {
+                    let ours = key
+                        .first()
+                        .is_some_and(|&b| b == INTERNAL_PREFIX || Table::from_prefix(b).is_some());
+                    if !ours {
                         return Err(StoreError::IncompatibleFormat {
                             dir,
                             found: "(a sled database not written by wharf)".into(),

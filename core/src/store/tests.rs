@@ -482,6 +482,18 @@ fn sled_refuses_a_foreign_database() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = sled::open(dir.path()).unwrap();
+        db.insert(b"", b"an empty key").unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::IncompatibleFormat { .. }),
+        "{err:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
         db.insert(FORMAT_KEY_FOR_TESTS, b"wharf.store/999").unwrap();
         db.flush().unwrap();
     }
