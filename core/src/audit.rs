@@ -42,8 +42,9 @@
 //! commits the batch and then calls [`PendingAudit::committed`]. If the pending append is
 //! dropped instead (the commit failed, or the caller gave up), the in-memory tail is not
 //! advanced and is re-read from the store before the next append.
-//! [`AuditLog::commit_with`] does the three steps in one call, and [`AuditLog::append`]
-//! commits an entry on its own.
+//! [`AuditLog::append_batch_all`] puts several entries into one batch (a group-committed
+//! round). [`AuditLog::commit_with`] does the three steps in one call, and
+//! [`AuditLog::append`] commits an entry on its own.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -521,38 +522,44 @@ impl fmt::Debug for AuditLog {
     }
 }
 
-/// An entry put into a caller's batch by [`AuditLog::append_batch`], not yet known to be
-/// committed. It holds the append lock: commit the batch, then call
-/// [`committed`](Self::committed). Dropping it instead leaves the log's tail where it was
-/// (it is re-read from the store before the next append).
+/// Entries put into a caller's batch by [`AuditLog::append_batch`] (or
+/// [`append_batch_all`](AuditLog::append_batch_all)), not yet known to be committed. It
+/// holds the append lock: commit the batch, then call [`committed`](Self::committed).
+/// Dropping it instead leaves the log's tail where it was (it is re-read from the store
+/// before the next append).
 pub struct PendingAudit<'a> {
     tail: MutexGuard<'a, Tail>,
-    entry: AuditEntry,
+    entries: Vec<AuditEntry>,
     done: bool,
 }
 
 impl fmt::Debug for PendingAudit<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PendingAudit")
-            .field("seq", &self.entry.seq)
+            .field(
+                "seqs",
+                &self.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
 
 impl PendingAudit<'_> {
-    /// The entry that was put into the batch.
-    pub fn entry(&self) -> &AuditEntry {
-        &self.entry
+    /// The entries that were put into the batch, in order.
+    pub fn entries(&self) -> &[AuditEntry] {
+        &self.entries
     }
 
-    /// Records that the batch holding the entry was committed: the tail advances to it.
-    /// Returns the entry.
-    pub fn committed(mut self) -> AuditEntry {
-        self.tail.seq = self.entry.seq;
-        self.tail.hash = self.entry.hash.clone();
+    /// Records that the batch holding the entries was committed: the tail advances to
+    /// the last one. Returns the entries.
+    pub fn committed(mut self) -> Vec<AuditEntry> {
+        if let Some(last) = self.entries.last() {
+            self.tail.seq = last.seq;
+            self.tail.hash = last.hash.clone();
+        }
         self.tail.stale = false;
         self.done = true;
-        self.entry.clone()
+        std::mem::take(&mut self.entries)
     }
 }
 
@@ -600,42 +607,67 @@ impl AuditLog {
     /// into `batch`, and returns it as a [`PendingAudit`] holding the append lock.
     ///
     /// Commit `batch` to [`store`](Self::store), then call [`PendingAudit::committed`];
-    /// further appends wait until the pending one is committed or dropped.
+    /// further appends wait until the pending one is committed or dropped (so do not call
+    /// this twice for one batch: use [`append_batch_all`](Self::append_batch_all)).
     pub async fn append_batch(
         &self,
         batch: &mut Batch,
         record: AuditRecord,
     ) -> Result<PendingAudit<'_>, AuditError> {
+        self.append_batch_all(batch, [record]).await
+    }
+
+    /// [`append_batch`](Self::append_batch) for several records at once (consecutive
+    /// entries, in order), e.g. for every change of one group-committed round. With no
+    /// record, nothing is put into `batch`.
+    pub async fn append_batch_all(
+        &self,
+        batch: &mut Batch,
+        records: impl IntoIterator<Item = AuditRecord>,
+    ) -> Result<PendingAudit<'_>, AuditError> {
         let mut tail = self.inner.tail.lock().await;
         if tail.stale {
             *tail = Tail::load(self.inner.store.as_ref())?;
         }
-        let mut detail = record.detail;
-        redact(&mut detail);
-        normalize_numbers(&mut detail);
-        let mut entry = AuditEntry {
-            seq: tail.seq + 1,
-            at: Timestamp::from_system_time((self.inner.clock)()),
-            actor: record.actor,
-            action: record.action,
-            target: record.target,
-            detail,
-            prev_hash: tail.hash.clone(),
-            hash: String::new(),
-        };
-        entry.hash = entry.compute_hash()?;
-        batch.put_json(Table::AuditLog, seq_key(entry.seq).to_vec(), &entry)?;
-        batch.put_json(
-            Table::Meta,
-            HEAD_KEY.to_vec(),
-            &Head {
-                seq: entry.seq,
-                hash: entry.hash.clone(),
-            },
-        )?;
+        let at = Timestamp::from_system_time((self.inner.clock)());
+        let (mut seq, mut prev_hash) = (tail.seq, tail.hash.clone());
+        let mut entries = Vec::new();
+        let mut ops = Batch::new();
+        for record in records {
+            let mut detail = record.detail;
+            redact(&mut detail);
+            normalize_numbers(&mut detail);
+            seq += 1;
+            let mut entry = AuditEntry {
+                seq,
+                at,
+                actor: record.actor,
+                action: record.action,
+                target: record.target,
+                detail,
+                prev_hash,
+                hash: String::new(),
+            };
+            entry.hash = entry.compute_hash()?;
+            ops.put_json(Table::AuditLog, seq_key(entry.seq).to_vec(), &entry)?;
+            prev_hash = entry.hash.clone();
+            entries.push(entry);
+        }
+        if !entries.is_empty() {
+            ops.put_json(
+                Table::Meta,
+                HEAD_KEY.to_vec(),
+                &Head {
+                    seq,
+                    hash: prev_hash,
+                },
+            )?;
+        }
+        // Only now, so that an error above leaves the caller's batch untouched.
+        batch.append(ops);
         Ok(PendingAudit {
             tail,
-            entry,
+            entries,
             done: false,
         })
     }
@@ -649,7 +681,8 @@ impl AuditLog {
     ) -> Result<AuditEntry, AuditError> {
         let pending = self.append_batch(&mut batch, record).await?;
         self.inner.store.commit(batch).await?;
-        Ok(pending.committed())
+        let mut entries = pending.committed();
+        Ok(entries.remove(0))
     }
 
     /// Appends an entry on its own (a batch holding only the entry).
@@ -1058,15 +1091,45 @@ mod tests {
         let mut batch = Batch::new();
         batch.put(Table::Meta, b"thing".to_vec(), b"1".to_vec());
         let pending = log.append_batch(&mut batch, record(0)).await.unwrap();
-        assert_eq!(pending.entry().seq, 1);
+        assert_eq!(pending.entries()[0].seq, 1);
         log.store().commit(batch).await.unwrap();
-        let e = pending.committed();
+        let e = pending.committed().remove(0);
         assert_eq!(e.seq, 1);
         assert_eq!(
             store.get(Table::Meta, b"thing").unwrap(),
             Some(b"1".to_vec())
         );
         assert_eq!(log.last().unwrap().unwrap(), e);
+    }
+
+    #[tokio::test]
+    async fn several_entries_in_one_batch() {
+        let (store, log) = memory();
+        fill(&log, 1).await;
+        let mut batch = Batch::new();
+        batch.put(Table::Meta, b"round".to_vec(), b"1".to_vec());
+        let pending = log
+            .append_batch_all(&mut batch, (1..4).map(record))
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = pending.entries().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [2, 3, 4]);
+        log.store().commit(batch).await.unwrap();
+        let entries = pending.committed();
+        assert_eq!(entries[1].prev_hash, entries[0].hash);
+        assert_eq!(log.append(record(9)).await.unwrap().seq, 5);
+        assert_eq!(log.verify().unwrap().entries, 5);
+
+        // No record: nothing is added, the tail stays.
+        let mut batch = Batch::new();
+        let pending = log.append_batch_all(&mut batch, []).await.unwrap();
+        assert!(batch.is_empty());
+        assert!(pending.committed().is_empty());
+        assert_eq!(log.append(record(10)).await.unwrap().seq, 6);
+        assert_eq!(
+            store.get(Table::Meta, b"round").unwrap(),
+            Some(b"1".to_vec())
+        );
     }
 
     #[tokio::test]
