@@ -122,7 +122,7 @@ impl App {
         let ca = Arc::new(
             crate::pki::CertificateAuthority::from_pem(
                 pki.ca.cert_pem(),
-                &pki.ca.key_pem().expose(),
+                pki.ca.key_pem().expose(),
             )
             .context("cannot reload the CA")?,
         );
