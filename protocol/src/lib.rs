@@ -10,6 +10,43 @@
 //! - [`seal`]: registry credentials sealed to one agent's X25519 key for one task;
 //! - [`time`]: wire timestamps and durations ([`Timestamp`], [`DurationMs`]).
 //!
+//! ```
+//! use wharf_protocol::*;
+//!
+//! // Agent side: say hello in a frame.
+//! let hello = Message::Hello(Hello {
+//!     agent_version: "0.1.0".into(),
+//!     protocol_version: PROTOCOL_VERSION,
+//!     capabilities: vec![capability::DOCKER.into()],
+//!     pending_results: vec![],
+//! });
+//! let bytes = encode_frame(&hello)?;
+//!
+//! // Core side: bytes arrive in pieces; whole messages come out.
+//! let mut decoder = FrameDecoder::new();
+//! decoder.push(&bytes[..3]);
+//! assert_eq!(decoder.decode()?, None);
+//! decoder.push(&bytes[3..]);
+//! let Some(Message::Hello(h)) = decoder.decode()? else { unreachable!() };
+//! let answer = match negotiate("0.1.3", &h.agent_version, h.protocol_version) {
+//!     Ok(()) => Message::Welcome(Welcome {
+//!         core_version: "0.1.3".into(),
+//!         heartbeat_interval: DurationMs::from_secs(5),
+//!         limits: Limits::default(),
+//!     }),
+//!     Err(rejection) => Message::Reject(rejection.to_reject()),
+//! };
+//! assert_eq!(answer.name(), "welcome");
+//!
+//! // Images are deployed by digest only.
+//! let image = ImageRef::parse(
+//!     "127.0.0.1:5000/team/app:1.2@sha256:4e07408562bedb8b60ce05c1decfe3ad16b72230967de01f640b7e4729b49fce",
+//! )?;
+//! assert_eq!(image.repository(), "127.0.0.1:5000/team/app");
+//! assert!(ImageRef::parse("app:1.2").is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Every wire type derives `Debug, Clone, PartialEq, Serialize, Deserialize` and, with the
 //! `arbitrary` feature, `arbitrary::Arbitrary`. Field names are snake_case and enum values
 //! kebab-case in JSON.

@@ -595,6 +595,15 @@ mod tests {
         );
         assert_eq!(Timestamp(5).duration_since(Timestamp(10)), DurationMs(0));
         assert_eq!(Timestamp(10).duration_since(Timestamp(5)), DurationMs(5));
+        assert_eq!(
+            Timestamp(i64::MAX).duration_since(Timestamp(i64::MIN)),
+            DurationMs(u64::MAX)
+        );
+        assert_eq!(
+            Timestamp(0).saturating_add(DurationMs(u64::MAX)),
+            Timestamp(i64::MAX)
+        );
+        assert_eq!(Timestamp(5).saturating_sub(DurationMs(7)), Timestamp(-2));
     }
 
     #[test]

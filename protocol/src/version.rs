@@ -1,6 +1,6 @@
 //! Version negotiation at `Hello` (design §2).
 //!
-//! An agent is accepted when it speaks [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) and its
+//! An agent is accepted when it speaks [`crate::PROTOCOL_VERSION`] and its
 //! semver version has the same major as core's and a minor equal to core's or one below
 //! (N/N-1). Development builds (a pre-release starting with `dev`, e.g. `0.3.0-dev` or
 //! `0.3.0-dev.4`) on either side skip the version skew check; the protocol version must still
@@ -62,6 +62,12 @@ impl Rejection {
         Reject {
             reason: self.reason(),
         }
+    }
+}
+
+impl From<Rejection> for Reject {
+    fn from(r: Rejection) -> Self {
+        r.to_reject()
     }
 }
 
