@@ -77,12 +77,14 @@ fn garbage_bodies_are_decode_errors() {
     let bodies: &[&[u8]] = &[
         &[0xff; 10],                                 // variant index that is no varint
         &[0x7f],                                     // variant 127 does not exist
-        &[0x09],                                     // one past the last variant
         &[0x02, 0x05, b'a'],                         // Reject whose string is cut short
         &[0x02, 0x02, 0xc3, 0x28],                   // Reject with invalid UTF-8
         &[0x05, 1, 2, 3],                            // Accepted with a short uuid
         &[0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], // Heartbeat followed by junk
     ];
+    // One past the last variant.
+    let past_last = [crate::gen::MESSAGE_VARIANTS as u8];
+    let bodies: Vec<&[u8]> = bodies.iter().copied().chain([&past_last[..]]).collect();
     for body in bodies {
         let mut frame = (body.len() as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(body);
