@@ -7,6 +7,8 @@
 //!   digest-pinned references ([`PinnedRef`]).
 //! - [`docker`]: small helpers around the `docker` CLI (inspect, remove images,
 //!   a [`Container`] guard removed on drop, waiting for health states).
+//! - [`simagent`]: a simulated agent (a protocol-level test tool, not an agent) that
+//!   enrolls with a real core and speaks `wharf/1` over QUIC with scripted behaviour.
 //! - [`Testbed`]: the fixture most tests want: a registry with v1, v2 and broken
 //!   pushed to it, everything removed on drop.
 //!
@@ -32,6 +34,7 @@ pub mod http;
 pub mod images;
 mod reference;
 pub mod registry;
+pub mod simagent;
 
 pub use docker::Container;
 pub use fixture::{Testbed, TestbedOptions};

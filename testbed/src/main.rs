@@ -4,11 +4,18 @@
 //! wharf-testbed registry up [--auth USER:PASS] [--output json]
 //! wharf-testbed images build [--push --registry HOST:PORT [--username U --password-stdin]]
 //!                            [--repo NAME] [--output json]
+//! wharf-testbed sim-agent --core HOST:PORT --state-dir DIR [--token T --ca-hash sha256:H]
+//!                         [--admin-token T --ca CA.pem] [--name N] [--count K]
+//!                         [--delay 50ms] [--fail-rate 0.0]
 //! ```
+//!
+//! `sim-agent` runs simulated agents (a protocol-level test tool, see
+//! `wharf_testbed::simagent`), not real ones.
 //!
 //! Exit codes: 0 success, 1 failure, 2 invalid input.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,6 +23,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use wharf_testbed::images::{self, BuildOptions, DEFAULT_REPO};
+use wharf_testbed::simagent::{run_fleet, EnrollError, FleetInputError, FleetOptions};
 use wharf_testbed::{Credentials, Registry, RegistryClient, RegistryOptions};
 
 #[derive(Parser, Debug)]
@@ -41,6 +49,10 @@ enum Command {
         #[command(subcommand)]
         command: ImagesCommand,
     },
+    /// Simulated agents (a protocol test tool, not an agent): enroll, connect over QUIC,
+    /// answer tasks without running anything. Prints `NAME connected as ID` per agent and
+    /// runs until Ctrl-C or SIGTERM.
+    SimAgent(SimAgentArgs),
     /// The local demo (`make demo`): build, push, pin, sign and verify a sticker,
     /// and show tampered copies failing verification.
     Demo,
@@ -90,6 +102,41 @@ struct ImagesBuild {
     output: Output,
 }
 
+#[derive(Args, Debug)]
+struct SimAgentArgs {
+    /// Core's agent address (QUIC and HTTPS).
+    #[arg(long, value_name = "HOST:PORT")]
+    core: String,
+    /// Where identities are kept (one `NAME/` directory per agent with --count > 1).
+    #[arg(long, value_name = "DIR")]
+    state_dir: PathBuf,
+    /// One-time enrollment token (one agent, first run only).
+    #[arg(long, requires = "ca_hash")]
+    token: Option<String>,
+    /// Core's CA fingerprint to pin, `sha256:<64 hex>`.
+    #[arg(long, value_name = "sha256:HEX")]
+    ca_hash: Option<String>,
+    /// An admin API token: enrollment tokens are created through the API (needed for
+    /// --count > 1 unless every identity is already in --state-dir).
+    #[arg(long, env = "WHARF_TOKEN", hide_env_values = true, requires = "ca")]
+    admin_token: Option<String>,
+    /// Core's CA certificate (its `ca.pem`), to call the API with --admin-token.
+    #[arg(long, env = "WHARF_CA", value_name = "PEM")]
+    ca: Option<PathBuf>,
+    /// Agent name; with --count K the agents are NAME-0 .. NAME-<K-1>.
+    #[arg(long, default_value = "sim")]
+    name: String,
+    /// How many agents (sharing one UDP socket).
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Simulated time per task (`50ms`, `2s`).
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    delay: Duration,
+    /// Probability (0.0 to 1.0) that a task fails, retriably.
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Output {
     Text,
@@ -111,7 +158,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("wharf-testbed: error: {err:#}");
-            if err.downcast_ref::<InvalidInput>().is_some() {
+            let invalid_input = err.chain().any(|e| {
+                e.is::<InvalidInput>()
+                    || e.is::<FleetInputError>()
+                    || matches!(
+                        e.downcast_ref::<EnrollError>(),
+                        Some(EnrollError::Invalid(_))
+                    )
+            });
+            if invalid_input {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)
@@ -128,8 +183,56 @@ fn run(cli: Cli) -> Result<()> {
         Command::Images {
             command: ImagesCommand::Build(args),
         } => images_build(args),
+        Command::SimAgent(args) => sim_agent(args),
         Command::Demo => wharf_testbed::demo::run(),
     }
+}
+
+fn sim_agent(args: SimAgentArgs) -> Result<()> {
+    let options = FleetOptions {
+        core: args.core,
+        state_dir: args.state_dir,
+        token: args.token,
+        ca_hash: args.ca_hash,
+        name: args.name,
+        count: args.count,
+        delay: args.delay,
+        fail_rate: args.fail_rate,
+        admin_token: args.admin_token,
+        ca: args.ca,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let until = async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        };
+        let mut stdout = std::io::stdout();
+        let summary = run_fleet(options, &mut stdout, until).await?;
+        let t = summary.totals;
+        eprintln!(
+            "wharf-testbed: {} simulated agents stopped: {} tasks received, {} executions, \
+             {} answered from the journal, {} results sent, {} acknowledged, {} succeeded, \
+             {} failed",
+            summary.agents,
+            t.tasks_received,
+            t.executions,
+            t.journal_answers,
+            t.results_sent,
+            t.acks,
+            t.succeeded,
+            t.failed
+        );
+        Ok(())
+    })
 }
 
 fn registry_up(args: RegistryUp) -> Result<()> {
