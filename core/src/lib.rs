@@ -12,3 +12,4 @@ pub mod engine;
 pub mod pki;
 pub mod queue;
 pub mod store;
+pub mod transport;
