@@ -1,1 +1,2 @@
+mod quic;
 mod store;
