@@ -5,6 +5,7 @@
 //! come first; the transports, the API and the CLI after them.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod app;
 pub mod audit;
 pub mod directory;
