@@ -8,6 +8,7 @@
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod cli;
 pub mod directory;
 pub mod engine;
 pub mod pki;
