@@ -1157,6 +1157,35 @@ mod tests {
         assert!(!is_malformed_datagram(&[0xc0; 1200]));
     }
 
+    /// The encodings docs/protocol.md shows as examples.
+    #[test]
+    fn documented_encodings() {
+        let heartbeat = Message::Heartbeat(wharf_protocol::Heartbeat::default());
+        assert_eq!(
+            wharf_protocol::encode_frame(&heartbeat).unwrap(),
+            [0, 0, 0, 6, 3, 0, 0, 0, 0, 0]
+        );
+        let ack = Message::ResultAck(ResultAck {
+            task_id: Uuid::from_u128(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
+            attempt: 300,
+        });
+        let body = wharf_protocol::to_body(&ack).unwrap();
+        // Variant 8, uuid as a 16-byte string, attempt as a varint.
+        let mut expected = vec![8, 16];
+        expected.extend(1..=16u8);
+        expected.extend([0xac, 0x02]);
+        assert_eq!(body, expected);
+        let welcome = Message::Welcome(Welcome {
+            core_version: "0.1.0".into(),
+            heartbeat_interval: DurationMs::from_secs(5),
+            limits: Limits::default(),
+        });
+        let body = wharf_protocol::to_body(&welcome).unwrap();
+        assert_eq!(&body[..7], [1, 5, b'0', b'.', b'1', b'.', b'0']);
+        // 5000 ms as a varint.
+        assert_eq!(&body[7..9], [0x88, 0x27]);
+    }
+
     #[test]
     fn config_defaults() {
         let c = QuicConfig::default();
