@@ -207,19 +207,27 @@ impl Client {
     }
 }
 
-/// Whether an error chain holds a TLS failure, and its message.
+/// Whether an error chain holds a TLS failure, and its message. `io::Error`s are opened
+/// as well: their `source` skips the error they wrap, and TLS errors travel wrapped in
+/// one or two of them.
 fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut current = Some(err);
+    let mut depth = 0;
     while let Some(e) = current {
+        depth += 1;
+        if depth > 32 {
+            return None;
+        }
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls.to_string());
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return Some(tls.to_string());
-            }
-        }
-        current = e.source();
+        current = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     None
 }
