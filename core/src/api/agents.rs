@@ -134,7 +134,16 @@ pub(super) async fn revoke(
         .directory
         .revoke_agent(&name, &principal.actor())
         .await?;
-    state.app.engine.close_agent(&agent.name, "revoked");
+    // Sessions are keyed by name: leave them alone when the name now belongs to a newer,
+    // live agent (an old, already revoked record was revoked again by its id).
+    let name_is_live = state
+        .app
+        .directory
+        .agent_by_name(&agent.name)
+        .is_some_and(|current| !current.is_revoked());
+    if !name_is_live {
+        state.app.engine.close_agent(&agent.name, "revoked");
+    }
     Ok(Json(view(&state, agent).await))
 }
 

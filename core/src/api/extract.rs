@@ -149,9 +149,16 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // A client waiting for `100 Continue` has not sent the body: refuse without it.
+        let expects_continue = req
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let mut stream = req.into_body().into_data_stream();
         if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-            drain(stream).await;
+            if !expects_continue {
+                drain(stream).await;
+            }
             return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
         }
         let mut buf = Zeroizing::new(Vec::with_capacity(

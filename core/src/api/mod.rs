@@ -178,10 +178,10 @@ async fn not_found(State(state): State<ApiState>, request: Request) -> ApiError 
         "unmatched",
         StatusCode::NOT_FOUND.as_u16(),
     );
+    let path: String = request.uri().path().chars().take(200).collect();
     ApiError::not_found(format!(
-        "no route {} {} (see docs/api.md)",
-        request.method(),
-        request.uri().path()
+        "no route {} {path} (see docs/api.md)",
+        request.method()
     ))
 }
 

@@ -232,6 +232,27 @@ async fn status_json(response: reqwest::Response) -> (StatusCode, Value) {
     (status, body)
 }
 
+/// Sends `request` over a TLS connection of its own and returns everything the server
+/// answers until it closes the connection (or 5 s pass without a byte).
+async fn raw_tls_exchange(server: &Server, request: &[u8]) -> String {
+    let pem = std::fs::read(server.data_dir.join("ca.pem")).unwrap();
+    let config = pki::operator_client_config(&pem, &[ALPN_HTTP11]).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 fn deploy(agent: &str, image: &str, key: Option<&str>) -> Value {
     let payload = serde_json::to_value(TaskPayload::Deploy(DeploySpec::new(image))).unwrap();
     let mut body = json!({"agent": agent, "target": "web", "payload": payload});
@@ -688,6 +709,15 @@ async fn submit_is_idempotent_and_validated() {
     let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
     let (status, _) = server.post_raw(&deployer, "/v1/tasks", streamed).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // A client that waits for `100 Continue` gets the 413 without sending the body.
+    let head = format!(
+        "POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {deployer}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        big.len()
+    );
+    let answer = raw_tls_exchange(&server, head.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
     assert_eq!(server.tasks().await.len(), 2, "nothing was queued");
 
     // Reads.
