@@ -1167,3 +1167,15 @@ fn core_pki_is_created_once_and_reloaded() {
     assert!(matches!(err, PkiError::InconsistentState { .. }), "{err}");
     assert!(err.to_string().contains("restore it from backup"), "{err}");
 }
+
+/// Resumption would restore a client certificate without the revocation check: both
+/// server configs issue no tickets, keep no session cache and take no early data.
+#[test]
+fn server_configs_never_resume_sessions() {
+    let core = Core::new();
+    for config in [core.mtls(), core.https()] {
+        assert_eq!(config.send_tls13_tickets, 0);
+        assert!(!config.session_storage.can_cache());
+        assert_eq!(config.max_early_data_size, 0);
+    }
+}

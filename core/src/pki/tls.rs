@@ -406,6 +406,13 @@ fn server_config(
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| PkiError::tls(what, e))?;
     config.alpn_protocols = alpn_list(alpn);
+    // TLS 1.3 resumption restores the client certificate from the session ticket without
+    // running the verifier again, so a revoked agent could resume a session. Every
+    // connection does a full handshake instead (agents reconnect rarely; it costs one
+    // signature). No early data either.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    config.max_early_data_size = 0;
     Ok(config)
 }
 

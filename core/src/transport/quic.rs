@@ -211,14 +211,10 @@ pub fn server_config_with(app: &App, config: &QuicConfig) -> Result<quinn::Serve
         .server_tls_identity()
         .context("cannot load the server certificate for QUIC")?;
     let revocation: Arc<dyn RevocationCheck> = Arc::new(app.revocations.clone());
-    let mut tls = mtls_server_config(&identity, app.pki.ca_cert(), revocation, &[ALPN])
+    // No TLS session resumption (see `pki::mtls_server_config`): a revoked agent cannot
+    // resume, every connection runs the revocation check.
+    let tls = mtls_server_config(&identity, app.pki.ca_cert(), revocation, &[ALPN])
         .context("cannot build the QUIC TLS configuration")?;
-    // TLS 1.3 resumption restores the client certificate from the ticket without running
-    // the verifier again: a revoked agent could resume. Every connection does a full
-    // handshake (agents reconnect rarely; it costs one signature).
-    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    tls.send_tls13_tickets = 0;
-    tls.max_early_data_size = 0;
     let crypto =
         QuicServerConfig::try_from(tls).context("the TLS configuration cannot be used for QUIC")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
