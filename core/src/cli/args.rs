@@ -43,8 +43,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// How to reach core.
-#[derive(Debug, Clone, Args)]
+/// How to reach core. `Debug` never shows the token.
+#[derive(Clone, Args)]
 pub struct ConnectionArgs {
     /// Core's operator API URL.
     #[arg(long, global = true, env = "WHARF_URL", default_value = DEFAULT_URL)]
@@ -55,6 +55,16 @@ pub struct ConnectionArgs {
     /// Core's CA certificate (`ca.pem` from core's data dir), trusted for HTTPS.
     #[arg(long, global = true, env = "WHARF_CA", value_name = "PEM")]
     pub ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ConnectionArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionArgs")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca", &self.ca)
+            .finish()
+    }
 }
 
 /// `--output`.
@@ -472,6 +482,16 @@ mod tests {
             cli.command,
             Command::AuditLog(AuditLogArgs { after: Some(5), .. })
         ));
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let cli = Cli::try_parse_from(["wharf", "task", "list", "--token", "s3cret"]).unwrap();
+        let shown = format!("{cli:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 
     #[test]
