@@ -261,37 +261,59 @@ pub struct ReleaseInfo {
     pub version: String,
 }
 
-/// Payload of a `deploy` task.
+fn default_stop_grace() -> DurationMs {
+    DEFAULT_STOP_GRACE
+}
+
+fn default_hook_timeout() -> DurationMs {
+    DEFAULT_HOOK_TIMEOUT
+}
+
+/// Payload of a `deploy` task. In JSON and YAML only `image` is required; every other
+/// field has a default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct DeploySpec {
     /// The image, `[registry/]repo[:tag]@sha256:<hex>`; see [`DeploySpec::image_ref`].
     pub image: String,
     /// The release this deploy belongs to.
+    #[serde(default)]
     pub release: ReleaseInfo,
     /// Environment variables of the container.
+    #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Published ports.
+    #[serde(default)]
     pub ports: Vec<PortMapping>,
     /// Bind mounts and named volumes.
+    #[serde(default)]
     pub volumes: Vec<VolumeMount>,
     /// Networks to connect the container to (the first at creation, the rest after).
+    #[serde(default)]
     pub networks: Vec<String>,
     /// Docker restart policy.
+    #[serde(default)]
     pub restart: RestartPolicy,
     /// Memory limit in bytes (`--memory`), if any.
+    #[serde(default)]
     pub memory_bytes: Option<u64>,
     /// CPU limit in units of 10^-9 CPUs (`--cpus 0.5` is 500 000 000), if any.
+    #[serde(default)]
     pub nano_cpus: Option<u64>,
     /// How to decide the new container is healthy.
+    #[serde(default)]
     pub health: HealthSpec,
     /// Grace period for stopping the current container.
+    #[serde(default = "default_stop_grace")]
     pub stop_grace: DurationMs,
     /// Hook run before anything is changed.
+    #[serde(default)]
     pub pre_hook: Option<HookSpec>,
     /// Hook run after the new container is healthy.
+    #[serde(default)]
     pub post_hook: Option<HookSpec>,
     /// The signed sticker (JSON text) to write after success.
+    #[serde(default)]
     pub sticker: Option<String>,
 }
 
@@ -435,8 +457,10 @@ pub enum HealthProbe {
     },
 }
 
-/// How the agent decides a container is healthy.
+/// How the agent decides a container is healthy. Fields left out of a JSON or YAML
+/// document take their [`Default`] values.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct HealthSpec {
     /// The probe.
@@ -487,10 +511,13 @@ pub struct HookSpec {
     /// What runs.
     pub source: HookSource,
     /// Extra arguments (the container command, or appended to the host command).
+    #[serde(default)]
     pub args: Vec<String>,
     /// Extra environment variables.
+    #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Time limit; [`DEFAULT_HOOK_TIMEOUT`] unless given.
+    #[serde(default = "default_hook_timeout")]
     pub timeout: DurationMs,
 }
 
@@ -518,6 +545,7 @@ impl HookSpec {
 /// Payload of a `rollback` task.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(default)]
 pub struct RollbackSpec {
     /// Roll back to this digest (`sha256:<hex>`, same repository) instead of the previous
     /// container or the sticker's `previous`; see [`RollbackSpec::to_digest`].
@@ -538,6 +566,7 @@ impl RollbackSpec {
 /// Payload of a `health-check` task.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(default)]
 pub struct HealthCheckSpec {
     /// The probe to run.
     pub health: HealthSpec,
@@ -570,18 +599,24 @@ pub struct ComposeDeploySpec {
     /// The lock file (a Compose file whose images are all pinned), as text.
     pub lock: String,
     /// Extra Compose files.
+    #[serde(default)]
     pub files: Vec<ComposeFile>,
     /// Expected digest (`sha256:<hex>`) per service name.
     pub expected_digests: BTreeMap<String, String>,
     /// The release this deploy belongs to.
+    #[serde(default)]
     pub release: ReleaseInfo,
     /// Time every service has to be running and healthy.
+    #[serde(default)]
     pub health_timeout: DurationMs,
     /// Hook run before anything is changed.
+    #[serde(default)]
     pub pre_hook: Option<HookSpec>,
     /// Hook run after every service is healthy.
+    #[serde(default)]
     pub post_hook: Option<HookSpec>,
     /// The signed sticker to write after success.
+    #[serde(default)]
     pub sticker: Option<String>,
 }
 
@@ -984,5 +1019,22 @@ mod tests {
         assert_eq!(v["metrics"]["pull_ms"], serde_json::Value::Null);
         let back: TaskResult = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
+    }
+}
+
+#[cfg(test)]
+mod json_defaults {
+    use super::*;
+
+    #[test]
+    fn a_deploy_needs_only_its_image_in_json() {
+        let image = format!("reg:5000/app@sha256:{}", "a".repeat(64));
+        let spec: DeploySpec = serde_json::from_str(&format!(r#"{{"image": "{image}"}}"#)).unwrap();
+        assert_eq!(spec, DeploySpec::new(image));
+        let hook: HookSpec = serde_json::from_str(r#"{"source": {"image": "x"}}"#).unwrap();
+        assert_eq!(hook, HookSpec::image("x"));
+        let health: HealthSpec = serde_json::from_str(r#"{"retries": 7}"#).unwrap();
+        assert_eq!(health.retries, 7);
+        assert_eq!(health.interval, HealthSpec::default().interval);
     }
 }
