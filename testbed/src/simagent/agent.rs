@@ -1060,7 +1060,8 @@ async fn task_stream(shared: Arc<Shared>, mut send: SendStream, recv: RecvStream
         }
         Plan::DropAgain => {
             let _ = write_frame(&mut send, &accepted, max).await;
-            let _ = send.reset(VarInt::from_u32(error_code::INTERNAL_ERROR));
+            // End the stream without a result (a reset could discard `Accepted` unsent).
+            let _ = send.finish();
             shared.bump();
             return;
         }
@@ -1077,7 +1078,7 @@ async fn task_stream(shared: Arc<Shared>, mut send: SendStream, recv: RecvStream
             match await_result(&shared, task_id, attempt).await {
                 Some(r) => (r, true),
                 None => {
-                    let _ = send.reset(VarInt::from_u32(error_code::INTERNAL_ERROR));
+                    let _ = send.finish();
                     return;
                 }
             }
@@ -1104,7 +1105,7 @@ async fn task_stream(shared: Arc<Shared>, mut send: SendStream, recv: RecvStream
                         e.running = false;
                         e.view.dropped = true;
                     }
-                    let _ = send.reset(VarInt::from_u32(error_code::INTERNAL_ERROR));
+                    let _ = send.finish();
                     shared.bump();
                     return;
                 }

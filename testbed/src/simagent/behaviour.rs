@@ -25,7 +25,7 @@ pub enum Outcome {
     /// journaling anything, as if the `Assign` had been lost: core re-sends it after its
     /// dispatch lease. Not an execution.
     DropBeforeAccept,
-    /// Send `Accepted`, wait the delay, then reset the stream without a result, and never
+    /// Send `Accepted`, wait the delay, then end the stream without a result, and never
     /// report one: core's deadline has to fail the task. Counts as an execution; a re-sent
     /// `Assign` of the same attempt is accepted and dropped again, never run twice.
     DropAfterAccept,

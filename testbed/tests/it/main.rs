@@ -3,6 +3,7 @@
 
 mod cli;
 mod registry;
+mod simagent;
 mod testapp;
 
 use std::io::{BufRead, BufReader, Read};
