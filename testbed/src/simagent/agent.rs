@@ -26,6 +26,8 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the agent waits for `ResultAck` after sending a result on a task stream; without
 /// it the result stays pending and goes into the next `Hello`.
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Events a subscriber may lag behind before losing the oldest.
+const EVENT_BUFFER: usize = 1024;
 /// How long the agent waits for the first frame (`Assign`) of a task stream.
 const ASSIGN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -127,7 +129,8 @@ pub struct ConnectOptions {
     /// QUIC idle timeout: how long a silent core (e.g. killed with -9) takes to be noticed.
     pub idle_timeout: Duration,
     /// Capacity of the channel of received tasks ([`SimAgentHandle::next_task`]); tasks
-    /// that do not fit are not queued there (they are still run).
+    /// that do not fit are not queued there (they are still run). 0 turns the channel off:
+    /// a benchmark with thousands of agents that never reads it should not keep copies.
     pub task_channel_capacity: usize,
 }
 
@@ -352,8 +355,12 @@ struct Shared {
     stopped: AtomicBool,
     connection: Mutex<Option<Connection>>,
     changed: watch::Sender<u64>,
-    events: broadcast::Sender<SimEvent>,
+    /// Created by the first [`SimAgentHandle::subscribe`]: a broadcast channel
+    /// preallocates its buffer, which thousands of agents nobody watches should not pay.
+    events: Mutex<Option<broadcast::Sender<SimEvent>>>,
     tasks: mpsc::Sender<AgentTask>,
+    /// Whether received tasks go into `tasks` (capacity > 0).
+    task_channel: bool,
 }
 
 impl Shared {
@@ -362,7 +369,9 @@ impl Shared {
     }
 
     fn event(&self, event: SimEvent) {
-        let _ = self.events.send(event);
+        if let Some(events) = lock(&self.events).as_ref() {
+            let _ = events.send(event);
+        }
         self.bump();
     }
 
@@ -467,9 +476,12 @@ impl SimAgentHandle {
         self.shared.connected.load(Ordering::Relaxed)
     }
 
-    /// Events from now on (a bounded buffer: a receiver that lags loses the oldest).
+    /// Events from now on (a bounded buffer of 1024: a receiver that lags loses the
+    /// oldest). Nothing is buffered for an agent nobody subscribed to.
     pub fn subscribe(&self) -> broadcast::Receiver<SimEvent> {
-        self.shared.events.subscribe()
+        lock(&self.shared.events)
+            .get_or_insert_with(|| broadcast::channel(EVENT_BUFFER).0)
+            .subscribe()
     }
 
     /// The next task received (first sends and re-sends alike), or `None` after `timeout`.
@@ -678,7 +690,6 @@ pub(crate) async fn connect(
             .map_err(|e| SimAgentError::Setup(format!("cannot open a UDP socket: {e}")))?,
     };
     let (tasks_tx, tasks_rx) = mpsc::channel(options.task_channel_capacity.max(1));
-    let (events, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
         name: enrolled.name.clone(),
         agent_id: enrolled.agent_id,
@@ -691,8 +702,9 @@ pub(crate) async fn connect(
         stopped: AtomicBool::new(false),
         connection: Mutex::new(None),
         changed: watch::channel(0).0,
-        events,
+        events: Mutex::new(None),
         tasks: tasks_tx,
+        task_channel: options.task_channel_capacity > 0,
     });
     let dialer = Dialer {
         endpoint,
@@ -992,7 +1004,9 @@ async fn task_stream(shared: Arc<Shared>, mut send: SendStream, recv: RecvStream
     };
     let (task_id, attempt) = (task.id, task.attempt);
     inc(&shared.counters.tasks_received);
-    let _ = shared.tasks.try_send(task.clone());
+    if shared.task_channel {
+        let _ = shared.tasks.try_send(task.clone());
+    }
     shared.event(SimEvent::TaskReceived {
         task_id,
         attempt,
