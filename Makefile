@@ -26,9 +26,7 @@ demo:
 
 ## bench: benchmarks against the real peers; results go to docs/benchmarks.md.
 bench:
-	@echo "make bench: no benchmarks yet. The first ones (dispatch latency, deploy"
-	@echo "against raw docker and docker service update) land with the core and the"
-	@echo "Docker agent; see docs/benchmarks.md."
+	$(CARGO) bench --locked -p wharf-core --bench store_commit
 
 ## fuzz: the protocol fuzz targets (needs cargo-fuzz and a nightly toolchain).
 fuzz:
