@@ -530,4 +530,3 @@ fn open_while_another_process_holds_it() {
     drop(lines);
     SledStore::open(&dir).expect("the store opens once the other process is gone");
 }
-
