@@ -840,7 +840,11 @@ async fn supervise(
                 _ = tokio::time::sleep(delay) => {}
                 _ = stopping(&mut shutdown) => break None,
             }
-            match establish(&shared, &dialer).await {
+            let attempted = tokio::select! {
+                r = establish(&shared, &dialer) => r,
+                _ = stopping(&mut shutdown) => break None,
+            };
+            match attempted {
                 Ok(s) => break Some(s),
                 Err(e) => {
                     record_failure(&shared, &e);

@@ -174,9 +174,18 @@ pub async fn run_fleet(
         agents: agents.len(),
         totals: SimStats::default(),
     };
-    for agent in &agents {
-        add(&mut summary.totals, &agent.stats());
-        agent.shutdown().await;
+    let mut stopping = JoinSet::new();
+    for agent in agents {
+        stopping.spawn(async move {
+            agent.shutdown().await;
+            agent.stats()
+        });
+    }
+    while let Some(stats) = stopping.join_next().await {
+        add(
+            &mut summary.totals,
+            &stats.context("an agent's shutdown panicked")?,
+        );
     }
     Ok(summary)
 }
