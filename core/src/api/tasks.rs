@@ -191,12 +191,11 @@ pub(super) async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     auth.require(Action::ReadTasks)?;
     let id = task_id(&id)?;
-    // Subscribe before reading the task: a change after the read is then in `events`.
-    let events = state.app.engine.subscribe();
-    let task = state
+    // The task and exactly the events after it (see `Engine::watch`).
+    let (task, events) = state
         .app
         .engine
-        .get(id)
+        .watch(id)
         .await
         .ok_or_else(|| unknown_task(id))?;
     let mut watch = TaskWatch {
@@ -247,11 +246,17 @@ impl TaskWatch {
         }
     }
 
-    /// A state event is taken as a hint to re-read the task: events buffered before the
-    /// first read cannot show an older state after a newer one.
+    /// Every state change is shown in order (the receiver holds only changes after the
+    /// first read); a terminal one re-reads the task for the final `done`.
     async fn on_event(&mut self, event: TaskEvent) {
         match &event {
-            TaskEvent::State { .. } => self.resync().await,
+            TaskEvent::State { state, .. } if state.is_terminal() => self.resync().await,
+            TaskEvent::State { state, .. } => {
+                if self.last_state != Some(*state) {
+                    self.last_state = Some(*state);
+                    self.pending.push_back(json_event("state", &event));
+                }
+            }
             TaskEvent::Progress { .. } => self.pending.push_back(json_event("progress", &event)),
         }
     }

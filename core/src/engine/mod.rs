@@ -393,6 +393,16 @@ impl Engine {
         self.events.subscribe()
     }
 
+    /// The task now and the events after it, with nothing lost or doubled in between:
+    /// state events are sent by the actor while it holds the state lock for writing, so
+    /// subscribing and reading under the read lock gives a receiver whose first state
+    /// event is the first change after the returned view. `None` for an unknown task.
+    pub async fn watch(&self, id: TaskId) -> Option<(TaskView, broadcast::Receiver<TaskEvent>)> {
+        let state = self.state.read().await;
+        let events = self.events.subscribe();
+        state.stored(id).map(|t| (TaskView::of(&t), events))
+    }
+
     /// Opens a session for an agent that completed its handshake: the engine dispatches
     /// its tasks into [`Session::commands`] from now on. A newer session of the same
     /// agent replaces an older one (which gets [`SessionCommand::Close`]).
