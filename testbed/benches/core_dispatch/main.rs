@@ -1,0 +1,613 @@
+//! Core dispatch benchmark: a real `wharf-core serve` child (release build, durable sled
+//! store on a data dir) and simulated agents over QUIC + mTLS on 127.0.0.1.
+//!
+//! 1. `latency`: submit-to-`Accepted` latency at a paced open-loop rate (default
+//!    1,000 tasks/s) with 1 and with N agents (default 1,000).
+//! 2. `throughput`: tasks submitted, dispatched and completed per second with concurrent
+//!    closed-loop submitters over N agents.
+//! 3. `memory`: core's RSS with 1,000 and 10,000 connected idle agents (and this
+//!    process's, which holds the simulated agents).
+//! 4. `storm`: kill -9 of core with the largest fleet connected, restart on the same data
+//!    dir and port, time until every agent has a new session.
+//!
+//! Run with `make bench`, or `cargo bench --locked -p wharf-testbed --bench core_dispatch`
+//! (`-- latency throughput` to pick scenarios). Progress goes to stderr, the results table
+//! to stdout. Settings (environment):
+//!
+//! | variable | default | |
+//! |---|---|---|
+//! | `WHARF_BENCH_SCENARIOS` | `memory,storm,latency,throughput` | or names as arguments |
+//! | `WHARF_BENCH_RATE` | 1000 | offered tasks/s of the latency scenario |
+//! | `WHARF_BENCH_LATENCY_SECS` | 10 | measured seconds per latency run (after a 2 s warm-up) |
+//! | `WHARF_BENCH_LATENCY_AGENTS` | 1000 | the "many agents" latency run |
+//! | `WHARF_BENCH_THROUGHPUT_SECS` | 20 | |
+//! | `WHARF_BENCH_THROUGHPUT_AGENTS` | 1000 | |
+//! | `WHARF_BENCH_SUBMITTERS` | 64 | concurrent submitters (one keep-alive HTTPS connection each) |
+//! | `WHARF_BENCH_MEMORY_AGENTS` | `1000,10000` | fleet sizes; the storm uses the largest |
+//! | `WHARF_BENCH_SETTLE_SECS` | 10 | idle time before reading RSS |
+//! | `WHARF_BENCH_AGENTS_PER_SOCKET` | 1000 | simulated agents per client UDP socket |
+//! | `WHARF_BENCH_CACHE` | `target/bench/core_dispatch` | fleet core data dir + identities |
+//! | `WHARF_BENCH_FRESH` | unset | `1`: discard the cached fleet, enroll again |
+//! | `WHARF_CORE_BIN` | built now | a `wharf-core` binary to use |
+
+mod core;
+mod dispatch;
+mod fleet;
+mod fleet_scenarios;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use wharf_testbed::simagent::Behaviour;
+
+use crate::core::CoreProcess;
+use crate::dispatch::{LatencyOutcome, ThroughputOutcome};
+use crate::fleet::{connect_all, enroll_all, Endpoints};
+use crate::fleet_scenarios::FleetOutcome;
+use crate::stats::{mib, ms, secs, Results};
+
+const SCENARIOS: [&str; 4] = ["memory", "storm", "latency", "throughput"];
+
+const LATENCY_P99_TARGET: Duration = Duration::from_millis(10);
+const THROUGHPUT_TARGET: f64 = 5000.0;
+const MEMORY_TARGET: u64 = 1 << 30;
+const MEMORY_TARGET_AGENTS: usize = 10_000;
+const STORM_TARGET: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct Config {
+    scenarios: Vec<String>,
+    rate: f64,
+    latency_secs: f64,
+    warmup_secs: f64,
+    latency_agents: usize,
+    throughput_secs: f64,
+    throughput_agents: usize,
+    submitters: usize,
+    memory_agents: Vec<usize>,
+    settle: Duration,
+    per_socket: usize,
+    cache: PathBuf,
+    fresh: bool,
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a number")),
+        _ => Ok(default),
+    }
+}
+
+impl Config {
+    fn from_env(workspace: &Path) -> Result<Config> {
+        let args: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| !a.starts_with('-'))
+            .collect();
+        let scenarios: Vec<String> = if !args.is_empty() {
+            args
+        } else {
+            match std::env::var("WHARF_BENCH_SCENARIOS") {
+                Ok(v) if !v.trim().is_empty() => {
+                    v.split(',').map(|s| s.trim().to_string()).collect()
+                }
+                _ => SCENARIOS.iter().map(|s| s.to_string()).collect(),
+            }
+        };
+        for s in &scenarios {
+            anyhow::ensure!(
+                SCENARIOS.contains(&s.as_str()),
+                "unknown scenario {s:?}: pick from {SCENARIOS:?}"
+            );
+        }
+        let memory_agents = match std::env::var("WHARF_BENCH_MEMORY_AGENTS") {
+            Ok(v) if !v.trim().is_empty() => v
+                .split(',')
+                .map(|s| s.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+                .context("WHARF_BENCH_MEMORY_AGENTS is a comma-separated list of counts")?,
+            _ => vec![1000, 10_000],
+        };
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target"));
+        let cache = std::env::var_os("WHARF_BENCH_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| target.join("bench").join("core_dispatch"));
+        Ok(Config {
+            scenarios,
+            rate: env_num("WHARF_BENCH_RATE", 1000.0)?,
+            latency_secs: env_num("WHARF_BENCH_LATENCY_SECS", 10.0)?,
+            warmup_secs: 2.0,
+            latency_agents: env_num("WHARF_BENCH_LATENCY_AGENTS", 1000)?,
+            throughput_secs: env_num("WHARF_BENCH_THROUGHPUT_SECS", 20.0)?,
+            throughput_agents: env_num("WHARF_BENCH_THROUGHPUT_AGENTS", 1000)?,
+            submitters: env_num("WHARF_BENCH_SUBMITTERS", 64)?,
+            memory_agents,
+            settle: Duration::from_secs_f64(env_num("WHARF_BENCH_SETTLE_SECS", 10.0)?),
+            per_socket: env_num("WHARF_BENCH_AGENTS_PER_SOCKET", 1000)?,
+            cache,
+            fresh: std::env::var("WHARF_BENCH_FRESH").is_ok_and(|v| v == "1"),
+        })
+    }
+
+    fn wants(&self, scenario: &str) -> bool {
+        self.scenarios.iter().any(|s| s == scenario)
+    }
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{cpus} CPUs ({model}), {:.1} GiB RAM, Linux {kernel}",
+        mem_kb as f64 / (1024.0 * 1024.0)
+    )
+}
+
+fn main() -> ExitCode {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let config = match Config::from_env(&workspace) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("core_dispatch: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("core_dispatch: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut results = Results::default();
+    let outcome = runtime.block_on(run(&workspace, &config, &mut results));
+    println!();
+    println!("# core_dispatch results");
+    println!();
+    println!(
+        "date {} | {} | benchmark build: {} | wharf-core: release build, sled store with \
+         durable group commit, 127.0.0.1",
+        humantime::format_rfc3339_seconds(SystemTime::now()),
+        machine(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release (bench profile)"
+        },
+    );
+    println!();
+    print!("{}", results.table());
+    for note in &results.notes {
+        println!("- {note}");
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("core_dispatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(workspace: &Path, config: &Config, results: &mut Results) -> Result<()> {
+    eprintln!("core_dispatch: {config:?}");
+    let bin = tokio::task::spawn_blocking({
+        let workspace = workspace.to_path_buf();
+        move || core::core_binary(&workspace)
+    })
+    .await??;
+    eprintln!("core_dispatch: wharf-core binary {}", bin.display());
+    let started = Instant::now();
+    if config.wants("memory") || config.wants("storm") {
+        let fleet = fleet_scenarios::run(
+            &bin,
+            &config.cache,
+            &config.memory_agents,
+            config.wants("storm"),
+            config.settle,
+            config.per_socket,
+            config.fresh,
+        )
+        .await?;
+        report_fleet(config, &fleet, results);
+    }
+    if config.wants("latency") || config.wants("throughput") {
+        dispatch_scenarios(&bin, config, results).await?;
+    }
+    results.note(format!(
+        "whole run: {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+async fn dispatch_scenarios(bin: &Path, config: &Config, results: &mut Results) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("wharf-bench-core-")
+        .tempdir()?;
+    let data = dir.path().join("data");
+    let mut core = CoreProcess::start(bin, &data)?;
+    let core_pid = core.pid().context("wharf-core is not running")?;
+    let api = core.api()?;
+    let mut n = 0;
+    if config.wants("latency") {
+        n = n.max(config.latency_agents).max(1);
+    }
+    if config.wants("throughput") {
+        n = n.max(config.throughput_agents).max(1);
+    }
+    let names: Vec<String> = (0..n).map(|i| format!("sim-{i}")).collect();
+    eprintln!(
+        "dispatch: enrolling {n} agents on a fresh core ({})",
+        data.display()
+    );
+    let (enrolled, report) = enroll_all(&api, &core.addr(), &names, None).await?;
+    results.add(
+        "setup",
+        format!(
+            "enroll {n} agents (fresh data dir, {} in parallel)",
+            fleet::PARALLEL_ENROLL
+        ),
+        secs(report.elapsed),
+    );
+    let mut endpoints = Endpoints::new(&core.addr(), config.per_socket)?;
+    let behaviour = Behaviour::succeed();
+    let mut agents =
+        connect_all(&enrolled[..1], 0, &core.addr(), &mut endpoints, &behaviour).await?;
+    let mut next_task = 0u64;
+    let warm = (config.rate * config.warmup_secs).round() as u64;
+    let per_run = (config.rate * config.latency_secs).round() as u64;
+    if config.wants("latency") {
+        eprintln!(
+            "latency: 1 agent, {} tasks/s for {} s",
+            config.rate, config.latency_secs
+        );
+        let one = dispatch::latency(
+            &api,
+            &agents[..1],
+            config.rate,
+            config.latency_secs,
+            config.warmup_secs,
+            next_task,
+            core_pid,
+        )
+        .await?;
+        next_task += warm + per_run;
+        report_latency(&one, results);
+    }
+    if n > 1 {
+        let started = Instant::now();
+        let more = connect_all(&enrolled[1..], 1, &core.addr(), &mut endpoints, &behaviour).await?;
+        agents.extend(more);
+        results.add(
+            "setup",
+            format!(
+                "connect {} agents (QUIC + mTLS, {} in parallel)",
+                n - 1,
+                fleet::PARALLEL_CONNECT
+            ),
+            secs(started.elapsed()),
+        );
+    }
+    if config.wants("latency") && config.latency_agents > 1 {
+        let k = config.latency_agents;
+        eprintln!(
+            "latency: {k} agents, {} tasks/s for {} s",
+            config.rate, config.latency_secs
+        );
+        let many = dispatch::latency(
+            &api,
+            &agents[..k],
+            config.rate,
+            config.latency_secs,
+            config.warmup_secs,
+            next_task,
+            core_pid,
+        )
+        .await?;
+        next_task += warm + per_run;
+        report_latency(&many, results);
+    }
+    if config.wants("throughput") {
+        let k = config.throughput_agents.max(1);
+        eprintln!(
+            "throughput: {k} agents, {} submitters for {} s",
+            config.submitters, config.throughput_secs
+        );
+        let t = dispatch::throughput(
+            &api,
+            &agents[..k],
+            config.submitters,
+            config.throughput_secs,
+            next_task,
+            core_pid,
+        )
+        .await?;
+        report_throughput(&t, results);
+    }
+    let rss = core.rss()?;
+    results.add(
+        "setup",
+        "core RSS at the end of the dispatch runs (every task still in memory)",
+        format!("{} (peak {})", mib(rss.rss), mib(rss.hwm)),
+    );
+    fleet::shutdown_all(agents).await;
+    core.stop()?;
+    Ok(())
+}
+
+fn report_latency(o: &LatencyOutcome, results: &mut Results) {
+    let scenario = format!(
+        "1. latency, {} agent{}, {:.0} tasks/s offered",
+        o.agents,
+        if o.agents == 1 { "" } else { "s" },
+        o.rate
+    );
+    let complete = o.errors == 0 && o.missing == 0 && o.lagged_events == 0;
+    let met = complete && o.accept.p99 <= LATENCY_P99_TARGET;
+    results.check(
+        &scenario,
+        "submit -> Accepted p50 / p99 / max",
+        o.accept.brief(),
+        format!("p99 <= {}", ms(LATENCY_P99_TARGET)),
+        met,
+    );
+    results.add(
+        &scenario,
+        "tasks (sent / 201 / Accepted seen / errors)",
+        format!(
+            "{} / {} / {} / {}{}",
+            o.offered,
+            o.submitted,
+            o.submitted - o.missing,
+            o.errors,
+            o.first_error
+                .as_ref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        ),
+    );
+    results.add(
+        &scenario,
+        "achieved offered rate over the window",
+        format!("{:.0} tasks/s over {}", o.achieved_rate, secs(o.window)),
+    );
+    results.add(
+        &scenario,
+        "submit -> Accepted p99, tasks sent in the first / last second",
+        format!("{} / {}", ms(o.first_second.p99), ms(o.last_second.p99)),
+    );
+    results.add(
+        &scenario,
+        "HTTP POST -> 201 p50 / p99 / max",
+        o.http.brief(),
+    );
+    results.add(&scenario, "CPU until the last Accepted", o.cpu.brief());
+    results.add(
+        &scenario,
+        "open-loop schedule lag p50 / p99 / max",
+        o.lag.brief(),
+    );
+    if o.lagged_events > 0 {
+        results.add(
+            &scenario,
+            "watcher events lost",
+            o.lagged_events.to_string(),
+        );
+    }
+    results.add(
+        &scenario,
+        "all results acknowledged after the last submit",
+        o.drain.map_or_else(|| "not within 60 s".into(), secs),
+    );
+}
+
+fn report_throughput(o: &ThroughputOutcome, results: &mut Results) {
+    let scenario = format!(
+        "2. throughput, {} agents, {} submitters",
+        o.agents, o.submitters
+    );
+    let w = o.window.as_secs_f64();
+    let rate = |n: u64| n as f64 / w;
+    let sustained = rate(o.submitted).min(rate(o.completed));
+    results.check(
+        &scenario,
+        format!(
+            "submitted / dispatched / completed per s ({})",
+            secs(o.window)
+        ),
+        format!(
+            "{:.0} / {:.0} / {:.0}",
+            rate(o.submitted),
+            rate(o.dispatched),
+            rate(o.completed)
+        ),
+        format!(">= {THROUGHPUT_TARGET:.0} tasks/s"),
+        o.errors == 0 && sustained >= THROUGHPUT_TARGET,
+    );
+    results.add(
+        &scenario,
+        "tasks (submitted / dispatched / completed / errors)",
+        format!(
+            "{} / {} / {} / {}{}",
+            o.submitted,
+            o.dispatched,
+            o.completed,
+            o.errors,
+            o.first_error
+                .as_ref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        ),
+    );
+    results.add(
+        &scenario,
+        "completed per 1 s slice, min / max",
+        format!(
+            "{} / {}",
+            o.completed_per_second.0, o.completed_per_second.1
+        ),
+    );
+    results.add(
+        &scenario,
+        "HTTP POST -> 201 p50 / p99 / max",
+        o.http.brief(),
+    );
+    results.add(&scenario, "CPU during the window", o.cpu.brief());
+    results.add(
+        &scenario,
+        "backlog completed after the window",
+        o.drain.map_or_else(|| "not within 120 s".into(), secs),
+    );
+    results.add(
+        &scenario,
+        "re-sent Assigns answered from the journal",
+        o.journal_answers.to_string(),
+    );
+}
+
+fn report_fleet(config: &Config, o: &FleetOutcome, results: &mut Results) {
+    let e = &o.enroll;
+    results.add(
+        "setup",
+        format!(
+            "fleet identities: {} enrolled now, {} from the cache",
+            e.enrolled, e.loaded
+        ),
+        secs(e.elapsed),
+    );
+    let scenario = "3. memory, connected idle agents";
+    results.add(
+        scenario,
+        "core RSS with 0 agents (fleet enrolled, fresh process)",
+        mib(o.baseline.rss),
+    );
+    for step in &o.steps {
+        let value = format!(
+            "{} (peak {}; core counts {} sessions)",
+            mib(step.core.rss),
+            mib(step.core.hwm),
+            step.core_sessions
+                .map_or_else(|| "?".into(), |s| s.to_string())
+        );
+        let metric = format!("core RSS, {} agents", step.agents);
+        if step.agents == MEMORY_TARGET_AGENTS {
+            results.check(
+                scenario,
+                metric,
+                value,
+                "<= 1024 MiB",
+                step.core.rss <= MEMORY_TARGET && step.core.hwm <= MEMORY_TARGET,
+            );
+        } else {
+            results.add(scenario, metric, value);
+        }
+        results.add(
+            scenario,
+            format!("sim-agent process RSS, {} agents", step.agents),
+            format!("{} (peak {})", mib(step.sim.rss), mib(step.sim.hwm)),
+        );
+        results.add(
+            scenario,
+            format!("connect {} more agents", step.added),
+            secs(step.connect),
+        );
+    }
+    if !o.steps.iter().any(|s| s.agents == MEMORY_TARGET_AGENTS) && config.wants("memory") {
+        results.note(format!(
+            "memory target is for {MEMORY_TARGET_AGENTS} agents; this run measured {:?}",
+            config.memory_agents
+        ));
+    }
+    if let Some(s) = &o.storm {
+        let scenario = format!("4. reconnect storm, {} agents", s.agents);
+        let opt = |d: Option<Duration>| d.map_or_else(|| "-".into(), secs);
+        results.check(
+            &scenario,
+            "kill -9 -> every agent has a new session",
+            s.all.map_or_else(
+                || {
+                    format!(
+                        "{} of {} after {}",
+                        s.reconnected,
+                        s.agents,
+                        secs(s.timeout)
+                    )
+                },
+                secs,
+            ),
+            format!("<= {}", secs(STORM_TARGET)),
+            s.all.is_some_and(|d| d <= STORM_TARGET),
+        );
+        results.add(&scenario, "kill -9 -> new core ready", secs(s.restart));
+        results.add(
+            &scenario,
+            "first / 50 % / 99 % reconnected",
+            format!("{} / {} / {}", opt(s.first), opt(s.half), opt(s.p99)),
+        );
+        results.add(
+            &scenario,
+            "failed connection attempts during the storm",
+            s.failed_attempts.to_string(),
+        );
+        results.add(
+            &scenario,
+            "CPU from the restart until all were back",
+            s.cpu.brief(),
+        );
+        for (reason, count) in s.failure_reasons.iter().take(3) {
+            results.add(
+                &scenario,
+                format!("failure reason ({} sampled agents)", s.sampled),
+                format!("{count} x {reason}"),
+            );
+        }
+        results.add(
+            &scenario,
+            "core sessions / RSS after",
+            format!(
+                "{} / {} (peak {})",
+                s.core_sessions
+                    .map_or_else(|| "?".into(), |v| v.to_string()),
+                mib(s.core_after.rss),
+                mib(s.core_after.hwm)
+            ),
+        );
+    }
+    results.note(format!(
+        "fleet core data dir (reused by later runs): {}; {} client UDP socket(s)",
+        o.data_dir.display(),
+        o.sockets
+    ));
+}
