@@ -57,6 +57,8 @@ struct Sent {
 /// What scenario 1 measured.
 #[derive(Debug, Default)]
 pub struct LatencyOutcome {
+    /// Tasks core held before the measured window (warm-up and earlier runs).
+    pub history: u64,
     pub agents: usize,
     pub rate: f64,
     pub window: Duration,
@@ -65,7 +67,7 @@ pub struct LatencyOutcome {
     pub submitted: usize,
     pub errors: usize,
     pub first_error: Option<String>,
-    /// Submitted tasks whose `Accepted` was never seen (within 30 s after the last
+    /// Submitted tasks whose `Accepted` was never seen (within 120 s after the last
     /// submit).
     pub missing: usize,
     /// POST sent -> sim agent about to send `Accepted`.
@@ -231,7 +233,7 @@ pub async fn latency(
     let warm = (rate * warmup_secs).round() as u64;
     let warm_sent = open_loop(api, &names, rate, warm, first_task, TARGETS).await;
     let warm_ok = warm_sent.iter().filter(|s| s.result.is_ok()).count() as u64;
-    wait_acks(agents, acks_before + warm_ok, Duration::from_secs(60)).await;
+    wait_acks(agents, acks_before + warm_ok, Duration::from_secs(120)).await;
 
     let count = (rate * secs).round() as u64;
     let started = Instant::now();
@@ -244,7 +246,7 @@ pub async fn latency(
         _ => started.elapsed(),
     };
     let ids: Vec<Uuid> = sent.iter().filter_map(|s| s.result.clone().ok()).collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while watch.count_of(&ids) < ids.len() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -252,7 +254,7 @@ pub async fn latency(
     let drained = wait_acks(
         agents,
         acks_before + warm_ok + ids.len() as u64,
-        Duration::from_secs(60),
+        Duration::from_secs(120),
     )
     .await
     .map(|_| last_sent.map_or(Duration::ZERO, |t| t.elapsed()));
@@ -283,6 +285,7 @@ pub async fn latency(
         .filter_map(|s| s.result.as_ref().err())
         .collect();
     Ok(LatencyOutcome {
+        history: first_task + warm,
         agents: agents.len(),
         rate,
         window,
@@ -319,6 +322,8 @@ pub async fn latency(
 /// What scenario 2 measured.
 #[derive(Debug, Default)]
 pub struct ThroughputOutcome {
+    /// Tasks core held before the window.
+    pub history: u64,
     pub agents: usize,
     pub submitters: usize,
     pub window: Duration,
@@ -332,6 +337,8 @@ pub struct ThroughputOutcome {
     pub first_error: Option<String>,
     /// Completions per 1 s slice of the window: (min, max).
     pub completed_per_second: (u64, u64),
+    /// Completions per second in the first and in the last 5 s of the window.
+    pub completed_first_last: (f64, f64),
     /// POST sent -> HTTP answer.
     pub http: Percentiles,
     /// After the window: until every submitted task was completed.
@@ -438,6 +445,7 @@ pub async fn throughput(
     let after = totals(agents);
     let first_error = first_error.lock().unwrap().clone();
     Ok(ThroughputOutcome {
+        history: first_task,
         agents: agents.len(),
         submitters,
         window,
@@ -450,6 +458,14 @@ pub async fn throughput(
             per_second.iter().copied().min().unwrap_or(0),
             per_second.iter().copied().max().unwrap_or(0),
         ),
+        completed_first_last: {
+            let k = per_second.len().min(5);
+            let mean = |s: &[u64]| s.iter().sum::<u64>() as f64 / k.max(1) as f64;
+            (
+                mean(&per_second[..k]),
+                mean(&per_second[per_second.len() - k..]),
+            )
+        },
         http: Percentiles::of(samples),
         drain,
         journal_answers: after.journal_answers - before.journal_answers,

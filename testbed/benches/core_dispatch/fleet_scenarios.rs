@@ -35,6 +35,8 @@ pub struct StormOutcome {
     pub half: Option<Duration>,
     pub p99: Option<Duration>,
     pub all: Option<Duration>,
+    /// From the kill: every agent noticed the loss of its session (QUIC idle timeout).
+    pub noticed_all: Option<Duration>,
     /// Agents with a new session at the end of the wait.
     pub reconnected: usize,
     /// Failed connection attempts during the storm (handshake, Hello timeout, refused).
@@ -258,15 +260,20 @@ async fn reconnect_storm(
     };
     let mut last_note = Instant::now();
     loop {
-        let back = agents
-            .iter()
-            .zip(&before)
-            .filter(|(a, b)| {
-                let s = a.stats();
-                s.connected && s.sessions > **b
-            })
-            .count();
+        let (mut back, mut noticed) = (0, 0);
+        for (a, b) in agents.iter().zip(&before) {
+            let s = a.stats();
+            if s.sessions > *b || !s.connected {
+                noticed += 1;
+            }
+            if s.connected && s.sessions > *b {
+                back += 1;
+            }
+        }
         let now = killed.elapsed();
+        if noticed == n && out.noticed_all.is_none() {
+            out.noticed_all = Some(now);
+        }
         if back > 0 && out.first.is_none() {
             out.first = Some(now);
         }
