@@ -172,6 +172,33 @@ struct State {
     queue: Queue,
     extras: HashMap<TaskId, TaskExtras>,
     sessions: HashMap<String, SessionEntry>,
+    /// The latest successful deploy per `(agent, target)`: core's record of what should
+    /// run there (the sticker's `previous`), kept as an index so a submit does not scan
+    /// every task.
+    last_deploys: HashMap<(String, String), TaskId>,
+}
+
+impl State {
+    /// Records `id` as the latest successful deploy of its target if it is one and is
+    /// newer than the one recorded.
+    fn note_deploy(&mut self, id: TaskId) {
+        let Some(record) = self.queue.get(id) else {
+            return;
+        };
+        if record.state != TaskState::Succeeded || record.kind != TaskKind::Deploy.as_str() {
+            return;
+        }
+        let key = (record.agent.as_str().to_string(), record.target.clone());
+        let newer =
+            |other: &TaskRecord| (record.updated_at, record.seq) > (other.updated_at, other.seq);
+        let replace = match self.last_deploys.get(&key).and_then(|t| self.queue.get(*t)) {
+            Some(current) => newer(current),
+            None => true,
+        };
+        if replace {
+            self.last_deploys.insert(key, id);
+        }
+    }
 }
 
 impl State {
@@ -285,12 +312,18 @@ impl Engine {
             );
             records.push(task.record);
         }
+        let ids: Vec<TaskId> = records.iter().map(|r| r.id).collect();
         let queue = Queue::restore(records, config.queue.clone())?;
-        let state = Arc::new(RwLock::new(State {
+        let mut state = State {
             queue,
             extras,
             sessions: HashMap::new(),
-        }));
+            last_deploys: HashMap::new(),
+        };
+        for id in ids {
+            state.note_deploy(id);
+        }
+        let state = Arc::new(RwLock::new(state));
         let (tx, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(config.event_buffer.max(16));
         let actor = Actor {
@@ -523,19 +556,10 @@ impl Engine {
 }
 
 fn last_deploy(state: &State, agent: &str, target: &str) -> Option<StoredTask> {
-    let filter = ListFilter {
-        state: Some(TaskState::Succeeded),
-        agent: Some(AgentId::new(agent)),
-        target: Some(target.to_string()),
-        ..ListFilter::default()
-    };
     state
-        .queue
-        .list(&filter)
-        .into_iter()
-        .filter(|r| r.kind == TaskKind::Deploy.as_str())
-        .max_by_key(|r| (r.updated_at, r.seq))
-        .and_then(|r| state.stored(r.id))
+        .last_deploys
+        .get(&(agent.to_string(), target.to_string()))
+        .and_then(|id| state.stored(*id))
 }
 
 /// A reply to send once the round's batch is durable.
@@ -616,6 +640,9 @@ impl Actor {
             );
         }
         outcome.merge(state.queue.tick(now));
+        for id in &outcome.changed {
+            state.note_deploy(*id);
+        }
 
         let mut batch = Batch::new();
         for id in &outcome.changed {

@@ -379,3 +379,45 @@ async fn expired_task_is_never_dispatched() {
     );
     assert_eq!(engine.get(view.id).await.unwrap().state, TaskState::Expired);
 }
+
+#[tokio::test]
+async fn the_previous_deploy_survives_a_restart() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let key = Arc::new(key);
+    let keyring = Keyring::from(key.verifying_key().clone());
+    let store = Arc::new(MemoryStore::new());
+    {
+        let engine = start(store.clone(), Some(key.clone()));
+        let mut session = engine.open_session("host-1", "quic").await.unwrap();
+        let (_, first) = engine
+            .submit(deploy("host-1", "web", IMAGE_V1, None), "alice")
+            .await
+            .unwrap();
+        next_assign(&mut session).await;
+        engine
+            .result("host-1", TaskResult::success(first.id, 1, Timestamp::now()))
+            .await
+            .unwrap();
+    }
+    let engine = start(store, Some(key));
+    let mut session = engine.open_session("host-1", "quic").await.unwrap();
+    engine
+        .submit(deploy("host-1", "web", IMAGE_V2, None), "alice")
+        .await
+        .unwrap();
+    let task = next_assign(&mut session).await;
+    let TaskPayload::Deploy(spec) = &task.payload else {
+        panic!("deploy payload expected");
+    };
+    let sticker = wharf_sticker::verify(spec.sticker.as_ref().unwrap().as_bytes(), &keyring)
+        .into_valid()
+        .unwrap();
+    assert_eq!(
+        sticker
+            .previous
+            .expect("previous from before the restart")
+            .components[0]
+            .digest,
+        format!("sha256:{}", "1".repeat(64))
+    );
+}
