@@ -91,12 +91,6 @@ pub struct App {
     pub sticker_keyring: Keyring,
 }
 
-impl std::fmt::Debug for dyn Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Store")
-    }
-}
-
 impl App {
     /// Opens (or on first start creates) everything under the data dir.
     ///

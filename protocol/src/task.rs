@@ -25,6 +25,30 @@ pub const DEFAULT_HOOK_TIMEOUT: DurationMs = DurationMs::from_mins(5);
 /// Default grace period between `docker stop`'s SIGTERM and SIGKILL: 10 seconds.
 pub const DEFAULT_STOP_GRACE: DurationMs = DurationMs::from_secs(10);
 
+/// `Display` and `FromStr` through the type's `as_str` and `ALL`: the kebab-case names,
+/// and an [`UnknownName`] listing them for anything else.
+macro_rules! named_text {
+    ($ty:ty, $what:literal) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = UnknownName;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                <$ty>::ALL
+                    .into_iter()
+                    .find(|k| k.as_str() == s)
+                    .ok_or_else(|| {
+                        UnknownName::new($what, s, <$ty>::ALL.iter().map(|k| k.as_str()))
+                    })
+            }
+        }
+    };
+}
+
 /// A unit of work for one agent, on one target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -122,12 +146,6 @@ impl TaskKind {
     }
 }
 
-impl fmt::Display for TaskKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A string that is not one of the kebab-case names of [`TaskKind`], [`ErrorType`] or
 /// [`Priority`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,17 +166,7 @@ impl UnknownName {
     }
 }
 
-impl FromStr for TaskKind {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TaskKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                UnknownName::new("task kind", s, TaskKind::ALL.iter().map(|k| k.as_str()))
-            })
-    }
-}
+named_text!(TaskKind, "task kind");
 
 /// Scheduling priority between tasks of one agent (`high`, `normal`, `low`). Ordered so that
 /// `High > Normal > Low`.
@@ -191,23 +199,7 @@ impl Priority {
     }
 }
 
-impl fmt::Display for Priority {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Priority {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Priority::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                UnknownName::new("priority", s, Priority::ALL.iter().map(|k| k.as_str()))
-            })
-    }
-}
+named_text!(Priority, "priority");
 
 /// What a task does, one variant per [`TaskKind`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -833,23 +825,7 @@ impl ErrorType {
     }
 }
 
-impl fmt::Display for ErrorType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ErrorType {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ErrorType::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                UnknownName::new("error type", s, ErrorType::ALL.iter().map(|k| k.as_str()))
-            })
-    }
-}
+named_text!(ErrorType, "error type");
 
 #[cfg(test)]
 mod tests {

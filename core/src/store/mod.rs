@@ -138,6 +138,13 @@ tables! {
     Results = 9, "results";
 }
 
+/// Lets types holding an `Arc<dyn Store>` derive `Debug` (the store shows no content).
+impl fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Store")
+    }
+}
+
 impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
