@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod demo;
 pub mod docker;
 pub mod elf;

@@ -1,0 +1,503 @@
+//! A Wharf cluster on this machine, made of the real programs: `wharf-core serve`, one or
+//! more `wharf-agent-docker` processes, and the `wharf` CLI to drive them. Used by the
+//! end-to-end tests, the demo and the Docker swap benchmark.
+//!
+//! Everything is a child process with its own data/state directory under a temporary
+//! directory; processes are killed (SIGKILL) and directories removed on drop. Blocking
+//! (std processes); call from `spawn_blocking` in async code.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// How long a process may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often readiness conditions are re-checked.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Where the Wharf programs are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `wharf-core`.
+    pub core: PathBuf,
+    /// `wharf-agent-docker`.
+    pub agent_docker: PathBuf,
+    /// `wharf`.
+    pub cli: PathBuf,
+}
+
+impl Binaries {
+    /// The programs in `dir` (e.g. `target/debug`).
+    pub fn in_dir(dir: &Path) -> Binaries {
+        Binaries {
+            core: dir.join("wharf-core"),
+            agent_docker: dir.join("wharf-agent-docker"),
+            cli: dir.join("wharf"),
+        }
+    }
+
+    /// `WHARF_BIN_DIR` if set, else the programs built now by `cargo build` of this
+    /// workspace (once per process; a no-op when they are up to date), `--release` when
+    /// this crate itself is an optimised build (benchmarks).
+    pub fn get() -> Result<Binaries> {
+        static BUILT: OnceLock<std::result::Result<Binaries, String>> = OnceLock::new();
+        if let Some(dir) = std::env::var_os("WHARF_BIN_DIR") {
+            return Ok(Binaries::in_dir(Path::new(&dir)));
+        }
+        BUILT
+            .get_or_init(|| build().map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+/// `cargo build` of the three programs; returns where cargo put them.
+fn build() -> Result<Binaries> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    // Under `cargo test` the package variables (CARGO_PKG_NAME...) are set; build scripts
+    // that watch them would rebuild for this build and again for the next plain one.
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_") && !matches!(key, "CARGO_HOME" | "CARGO_TARGET_DIR") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(["build", "--locked", "--message-format=json"]);
+    // A benchmark (optimised build of this crate) measures optimised programs.
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    cmd.args(["-p", "wharf-core", "--bin", "wharf-core", "--bin", "wharf"])
+        .args(["-p", "wharf-agent-docker", "--bin", "wharf-agent-docker"])
+        .current_dir(&workspace)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    let out = cmd.output().context("cannot run cargo build")?;
+    if !out.status.success() {
+        bail!("cargo build of the Wharf programs failed ({})", out.status);
+    }
+    let mut found = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if v["reason"] == "compiler-artifact" {
+            if let (Some(name), Some(exe)) =
+                (v["target"]["name"].as_str(), v["executable"].as_str())
+            {
+                found.insert(name.to_string(), PathBuf::from(exe));
+            }
+        }
+    }
+    let take = |name: &str| {
+        found
+            .get(name)
+            .cloned()
+            .with_context(|| format!("cargo did not report the {name} executable"))
+    };
+    Ok(Binaries {
+        core: take("wharf-core")?,
+        agent_docker: take("wharf-agent-docker")?,
+        cli: take("wharf")?,
+    })
+}
+
+/// A child process killed (SIGKILL) and reaped on drop, its output lines collected.
+#[derive(Debug)]
+pub struct Process {
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    name: String,
+}
+
+impl Process {
+    /// Spawns `cmd` with stdout and stderr captured into [`Process::output`] (and echoed
+    /// to this process's stderr with a `[name]` prefix when `WHARF_CLUSTER_ECHO=1`).
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Process> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let echo = std::env::var("WHARF_CLUSTER_ECHO").as_deref() == Ok("1");
+        let pipes: [Option<Box<dyn std::io::Read + Send>>; 2] = [
+            child.stdout.take().map(|p| Box::new(p) as _),
+            child.stderr.take().map(|p| Box::new(p) as _),
+        ];
+        for pipe in pipes.into_iter().flatten() {
+            let lines = lines.clone();
+            let prefix = name.to_string();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(|l| l.ok()) {
+                    if echo {
+                        eprintln!("[{prefix}] {line}");
+                    }
+                    lines
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(line);
+                }
+            });
+        }
+        Ok(Process {
+            child: Some(child),
+            lines,
+            name: name.to_string(),
+        })
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Every line it printed so far (stdout and stderr interleaved as read).
+    pub fn output(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until a printed line satisfies `pred`; fails if the process exits first or
+    /// `timeout` passes. Returns the line.
+    pub fn wait_for_line(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.output().into_iter().find(|l| pred(l)) {
+                return Ok(line);
+            }
+            self.check_running()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not print the expected line within {timeout:?}; its output:\n{}",
+                    self.name,
+                    self.output().join("\n")
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Fails (with its output) if the process has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("{} was stopped", self.name);
+        };
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{} exited ({status}); its output:\n{}",
+                self.name,
+                self.output().join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// kill -9, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `grace` for the exit (SIGKILL after it). Returns the exit
+    /// status if it exited by itself.
+    pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(POLL);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Resident memory now and its peak (VmRSS, VmHWM) in KiB, from /proc.
+    pub fn rss_kib(&self) -> Result<(u64, u64)> {
+        let pid = self.pid().context("process is not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .with_context(|| format!("no {name} in /proc/{pid}/status"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A running `wharf-core serve` with its own data dir and port.
+#[derive(Debug)]
+pub struct Core {
+    /// The process.
+    pub process: Process,
+    binaries: Binaries,
+    data_dir: PathBuf,
+    port: u16,
+}
+
+impl Core {
+    /// Starts core on a free 127.0.0.1 port with `data_dir` (created if missing).
+    pub fn start(binaries: &Binaries, data_dir: &Path) -> Result<Core> {
+        std::fs::create_dir_all(data_dir)?;
+        let port = crate::free_port()?;
+        let process = Core::spawn(binaries, data_dir, port)?;
+        Ok(Core {
+            process,
+            binaries: binaries.clone(),
+            data_dir: data_dir.to_path_buf(),
+            port,
+        })
+    }
+
+    fn spawn(binaries: &Binaries, data_dir: &Path, port: u16) -> Result<Process> {
+        let mut cmd = Command::new(&binaries.core);
+        cmd.args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")]);
+        scrub_env(&mut cmd);
+        let mut process = Process::spawn("core", &mut cmd)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            process.check_running()?;
+            if data_dir.join("admin.token").exists()
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return Ok(process);
+            }
+            if Instant::now() > deadline {
+                bail!("wharf-core did not come up within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// kill -9 and start again on the same data dir and port.
+    pub fn restart_after_kill9(&mut self) -> Result<()> {
+        self.process.kill9();
+        self.process = Core::spawn(&self.binaries, &self.data_dir, self.port)?;
+        Ok(())
+    }
+
+    /// `127.0.0.1:PORT`, the address agents dial.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The operator API URL.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Core's data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A `wharf` CLI command with `WHARF_URL`, `WHARF_TOKEN` (the admin token) and
+    /// `WHARF_CA` set.
+    pub fn cli(&self) -> Result<Command> {
+        let token = std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .context("reading core's admin.token")?;
+        let mut cmd = Command::new(&self.binaries.cli);
+        scrub_env(&mut cmd);
+        cmd.env("WHARF_URL", self.url())
+            .env("WHARF_TOKEN", token.trim())
+            .env("WHARF_CA", self.data_dir.join("ca.pem"))
+            .stdin(Stdio::null());
+        Ok(cmd)
+    }
+
+    /// Runs `wharf ARGS...` and returns its output, whatever the exit status.
+    pub fn wharf(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = self.cli()?;
+        cmd.args(args);
+        cmd.output().context("cannot run wharf")
+    }
+
+    /// Runs `wharf ARGS... --output json`, requires exit 0 and parses stdout.
+    pub fn wharf_json(&self, args: &[&str]) -> Result<Value> {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.wharf(&all)?;
+        if !out.status.success() {
+            bail!(
+                "`wharf {}` failed ({}): {}",
+                all.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("`wharf {}` printed no JSON", all.join(" ")))
+    }
+
+    /// An agent's entry in `wharf agent list`, if it is there.
+    pub fn agent_entry(&self, name: &str) -> Result<Option<Value>> {
+        let list = self.wharf_json(&["agent", "list"])?;
+        Ok(list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["name"] == name)
+            .cloned())
+    }
+
+    /// Waits until `wharf agent list` shows the agent in `state` (`online`, `offline`).
+    pub fn wait_agent_state(&self, name: &str, state: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let entry = self.agent_entry(name)?;
+            if entry.as_ref().is_some_and(|a| a["state"] == state) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("agent {name} is not {state} within {timeout:?}: {entry:?}");
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// A running `wharf-agent-docker` with its own state dir.
+#[derive(Debug)]
+pub struct DockerAgent {
+    /// The process.
+    pub process: Process,
+    /// The agent's name.
+    pub name: String,
+    launch: AgentLaunch,
+}
+
+/// How an agent process is started.
+#[derive(Debug)]
+struct AgentLaunch {
+    name: String,
+    state_dir: PathBuf,
+    core_addr: String,
+    program: PathBuf,
+    extra_env: Vec<(String, String)>,
+}
+
+impl AgentLaunch {
+    fn spawn(&self, enroll: Option<(&str, &str)>) -> Result<Process> {
+        let mut cmd = Command::new(&self.program);
+        scrub_env(&mut cmd);
+        cmd.args([
+            "--core",
+            &self.core_addr,
+            "--name",
+            &self.name,
+            "--state-dir",
+        ])
+        .arg(&self.state_dir)
+        .env("RUST_LOG", "info");
+        if let Some((token, ca_hash)) = enroll {
+            cmd.env("WHARF_AGENT_TOKEN", token)
+                .args(["--ca-hash", ca_hash]);
+        }
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        Process::spawn(&format!("agent {}", self.name), &mut cmd)
+    }
+}
+
+fn owned_env(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl DockerAgent {
+    /// Creates an enrollment token on `core`, starts the agent with it and waits until
+    /// core lists it online.
+    pub fn enroll_and_start(core: &Core, name: &str, state_dir: &Path) -> Result<DockerAgent> {
+        DockerAgent::enroll_and_start_with_env(core, name, state_dir, &[])
+    }
+
+    /// [`DockerAgent::enroll_and_start`] with extra environment variables for the agent
+    /// (e.g. fault-injection switches of test builds).
+    pub fn enroll_and_start_with_env(
+        core: &Core,
+        name: &str,
+        state_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<DockerAgent> {
+        let grant = core.wharf_json(&["agent", "token", "create", "--name", name])?;
+        let token = grant["token"]
+            .as_str()
+            .context("token create printed no token")?;
+        let ca_hash = grant["ca_hash"]
+            .as_str()
+            .context("token create printed no ca_hash")?;
+        let launch = AgentLaunch {
+            name: name.to_string(),
+            state_dir: state_dir.to_path_buf(),
+            core_addr: core.addr(),
+            program: core.binaries.agent_docker.clone(),
+            extra_env: owned_env(env),
+        };
+        let process = launch.spawn(Some((token, ca_hash)))?;
+        core.wait_agent_state(name, "online", START_TIMEOUT)?;
+        Ok(DockerAgent {
+            process,
+            name: name.to_string(),
+            launch,
+        })
+    }
+
+    /// Starts the agent again (after a kill) from its state dir, with `env` replacing the
+    /// extra environment given at the first start.
+    pub fn restart(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        self.process.kill9();
+        self.launch.extra_env = owned_env(env);
+        self.process = self.launch.spawn(None)?;
+        Ok(())
+    }
+
+    /// The agent's state dir.
+    pub fn state_dir(&self) -> &Path {
+        &self.launch.state_dir
+    }
+}
+
+/// Removes inherited `WHARF_*` variables so a child sees only what the cluster sets.
+fn scrub_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("WHARF_")) {
+            cmd.env_remove(key);
+        }
+    }
+}
