@@ -25,8 +25,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, mpsc, oneshot, RwLock};
 use uuid::Uuid;
 use wharf_protocol::{
-    AgentTask, DeploySpec, ImageRef, Progress, SealedCredentials, TaskKind, TaskPayload,
-    TaskResult, Timestamp,
+    AgentTask, ImageRef, Progress, SealedCredentials, TaskKind, TaskPayload, TaskResult, Timestamp,
 };
 use wharf_sticker::SigningKey;
 
@@ -172,31 +171,78 @@ struct State {
     queue: Queue,
     extras: HashMap<TaskId, TaskExtras>,
     sessions: HashMap<String, SessionEntry>,
-    /// The latest successful deploy per `(agent, target)`: core's record of what should
-    /// run there (the sticker's `previous`), kept as an index so a submit does not scan
+    /// Per `(agent, target)`: what the latest successful deploy or rollback put there, and
+    /// what ran before it. Core's record of what should run (a deploy sticker's
+    /// `previous`, a rollback's destination), kept as an index so a submit does not scan
     /// every task.
-    last_deploys: HashMap<(String, String), TaskId>,
+    last_deploys: HashMap<(String, String), TargetHistory>,
+}
+
+/// What a successful deploy or rollback put on a target, as its signed sticker says.
+#[derive(Debug, Clone)]
+struct Ran {
+    task: TaskId,
+    order: (u64, u64),
+    release: wharf_sticker::Release,
+    components: Vec<wharf_sticker::Component>,
+}
+
+impl Ran {
+    fn as_previous(&self) -> wharf_sticker::Previous {
+        wharf_sticker::Previous {
+            release: self.release.clone(),
+            components: self.components.clone(),
+        }
+    }
+}
+
+/// The last two things that ran on a target.
+#[derive(Debug, Clone)]
+struct TargetHistory {
+    current: Ran,
+    previous: Option<Ran>,
 }
 
 impl State {
-    /// Records `id` as the latest successful deploy of its target if it is one and is
-    /// newer than the one recorded.
+    /// Records `id` as what now runs on its target if it is a successful deploy or
+    /// rollback newer than the one recorded; the one recorded becomes the previous.
     fn note_deploy(&mut self, id: TaskId) {
         let Some(record) = self.queue.get(id) else {
             return;
         };
-        if record.state != TaskState::Succeeded || record.kind != TaskKind::Deploy.as_str() {
+        let deploy = record.kind == TaskKind::Deploy.as_str();
+        let rollback = record.kind == TaskKind::Rollback.as_str();
+        if record.state != TaskState::Succeeded || !(deploy || rollback) {
             return;
         }
-        let key = (record.agent.as_str().to_string(), record.target.clone());
-        let newer =
-            |other: &TaskRecord| (record.updated_at, record.seq) > (other.updated_at, other.seq);
-        let replace = match self.last_deploys.get(&key).and_then(|t| self.queue.get(*t)) {
-            Some(current) => newer(current),
-            None => true,
+        let Some(ran) = self.extras.get(&id).and_then(|e| ran_of(id, record, e)) else {
+            return;
         };
-        if replace {
-            self.last_deploys.insert(key, id);
+        let key = (record.agent.as_str().to_string(), record.target.clone());
+        match self.last_deploys.get_mut(&key) {
+            Some(history) if history.current.task == id => {}
+            Some(history) if ran.order > history.current.order => {
+                let current = std::mem::replace(&mut history.current, ran);
+                history.previous = Some(current);
+            }
+            Some(history) => {
+                if history
+                    .previous
+                    .as_ref()
+                    .is_none_or(|p| ran.order > p.order)
+                {
+                    history.previous = Some(ran);
+                }
+            }
+            None => {
+                self.last_deploys.insert(
+                    key,
+                    TargetHistory {
+                        current: ran,
+                        previous: None,
+                    },
+                );
+            }
         }
     }
 }
@@ -320,6 +366,9 @@ impl Engine {
             sessions: HashMap::new(),
             last_deploys: HashMap::new(),
         };
+        // Oldest first, so that the history of each target ends with what ran last.
+        let mut ids = ids;
+        ids.sort_by_key(|id| state.queue.get(*id).map(|r| (r.updated_at, r.seq)));
         for id in ids {
             state.note_deploy(id);
         }
@@ -413,11 +462,13 @@ impl Engine {
             .collect()
     }
 
-    /// The latest successful `deploy` task of `(agent, target)`, if any: core's own
-    /// record of what should run there.
+    /// The latest successful `deploy` or `rollback` task of `(agent, target)`, if any:
+    /// core's own record of what should run there.
     pub async fn last_successful_deploy(&self, agent: &str, target: &str) -> Option<TaskView> {
         let state = self.state.read().await;
-        last_deploy(&state, agent, target).map(|t| TaskView::of(&t))
+        history(&state, agent, target)
+            .and_then(|h| state.stored(h.current.task))
+            .map(|t| TaskView::of(&t))
     }
 
     /// Watches task events (state changes and progress lines) of every task; filter by
@@ -555,11 +606,49 @@ impl Engine {
     }
 }
 
-fn last_deploy(state: &State, agent: &str, target: &str) -> Option<StoredTask> {
+fn history<'a>(state: &'a State, agent: &str, target: &str) -> Option<&'a TargetHistory> {
     state
         .last_deploys
         .get(&(agent.to_string(), target.to_string()))
-        .and_then(|id| state.stored(*id))
+}
+
+/// What a successful deploy or rollback put on its target: the release and components of
+/// the sticker core signed for it (a deploy without one: its image).
+fn ran_of(id: TaskId, record: &TaskRecord, extras: &TaskExtras) -> Option<Ran> {
+    let order = (record.updated_at, record.seq);
+    let sticker = match &extras.payload {
+        TaskPayload::Deploy(spec) => spec.sticker.as_deref(),
+        TaskPayload::Rollback(spec) => spec.sticker.as_deref(),
+        _ => None,
+    };
+    if let Some(signed) =
+        sticker.and_then(|s| wharf_sticker::SignedSticker::parse(s.as_bytes()).ok())
+    {
+        return Some(Ran {
+            task: id,
+            order,
+            release: signed.sticker.release,
+            components: signed.sticker.components,
+        });
+    }
+    let TaskPayload::Deploy(spec) = &extras.payload else {
+        return None;
+    };
+    let image = ImageRef::parse(&spec.image).ok()?;
+    Some(Ran {
+        task: id,
+        order,
+        release: wharf_sticker::Release {
+            id: non_empty(&spec.release.id, &id.to_string()),
+            name: non_empty(&spec.release.name, &record.target),
+            version: non_empty(&spec.release.version, &image_short(&image.pinned())),
+        },
+        components: vec![wharf_sticker::Component {
+            name: record.target.clone(),
+            image: image.repository().to_string(),
+            digest: image.digest().to_string(),
+        }],
+    })
 }
 
 /// A reply to send once the round's batch is durable.
@@ -827,8 +916,11 @@ impl Actor {
         // Sign the sticker before the queue sees the task, so a signing failure changes
         // nothing; it is only kept for a created task.
         let mut payload = req.payload.clone();
-        if let TaskPayload::Deploy(spec) = &mut payload {
-            spec.sticker = self.sign_sticker(state, &req, spec, id, requester, now)?;
+        let sticker = self.sign_sticker(state, &req, id, requester, now)?;
+        match &mut payload {
+            TaskPayload::Deploy(spec) => spec.sticker = sticker,
+            TaskPayload::Rollback(spec) => spec.sticker = sticker,
+            _ => {}
         }
         let (submission, o) = state.queue.submit(new, now)?;
         match submission {
@@ -854,13 +946,17 @@ impl Actor {
         }
     }
 
-    /// The sticker core signs for a deploy (design §6): what the agent writes after
-    /// success. `previous` is core's record of the last successful deploy there.
+    /// The sticker core signs for a deploy or a rollback (design §6): what the agent
+    /// writes after success. Its `previous` is core's record of what runs there now.
+    ///
+    /// A deploy's release is the one it names (defaults: the target's name and the
+    /// digest). A rollback goes to `to` if given (same repository as what runs now), else
+    /// to core's record of what ran before the current release; without such a record
+    /// there is no sticker, and the agent restores what its host keeps.
     fn sign_sticker(
         &self,
         state: &State,
         req: &SubmitRequest,
-        spec: &DeploySpec,
         id: TaskId,
         requester: &str,
         now: u64,
@@ -868,51 +964,80 @@ impl Actor {
         let Some(key) = &self.signing_key else {
             return Ok(None);
         };
-        let image = ImageRef::parse(&spec.image).map_err(|e| InvalidSubmit::Field {
-            field: "payload.deploy.image".into(),
-            reason: e.to_string(),
-        })?;
+        let history = history(state, &req.agent, &req.target);
         let component = |image: &ImageRef| wharf_sticker::Component {
             name: req.target.clone(),
             image: image.repository().to_string(),
             digest: image.digest().to_string(),
         };
-        let release =
-            |r: &wharf_protocol::ReleaseInfo, fallback_id: TaskId| wharf_sticker::Release {
-                id: non_empty(&r.id, &fallback_id.to_string()),
-                name: non_empty(&r.name, &req.target),
-                version: non_empty(&r.version, &image_short(&spec.image)),
-            };
-        let previous = last_deploy(state, &req.agent, &req.target).and_then(|t| match &t.payload {
-            TaskPayload::Deploy(prev) => {
-                ImageRef::parse(&prev.image)
-                    .ok()
-                    .map(|img| wharf_sticker::Previous {
-                        release: wharf_sticker::Release {
-                            id: non_empty(&prev.release.id, &t.record.id.to_string()),
-                            name: non_empty(&prev.release.name, &req.target),
-                            version: non_empty(&prev.release.version, &image_short(&img.pinned())),
-                        },
-                        components: vec![component(&img)],
-                    })
+        let (release, components) = match &req.payload {
+            TaskPayload::Deploy(spec) => {
+                let image = ImageRef::parse(&spec.image).map_err(|e| InvalidSubmit::Field {
+                    field: "payload.deploy.image".into(),
+                    reason: e.to_string(),
+                })?;
+                let release = wharf_sticker::Release {
+                    id: non_empty(&spec.release.id, &id.to_string()),
+                    name: non_empty(&spec.release.name, &req.target),
+                    version: non_empty(&spec.release.version, &image_short(&spec.image)),
+                };
+                (release, vec![component(&image)])
             }
-            _ => None,
-        });
+            TaskPayload::Rollback(spec) => {
+                let to = spec.to_digest().map_err(|e| InvalidSubmit::Field {
+                    field: "payload.rollback.to".into(),
+                    reason: e.to_string(),
+                })?;
+                match (to.map(|d| d.to_string()), history) {
+                    (Some(digest), Some(h)) => {
+                        let known = std::iter::once(&h.current)
+                            .chain(h.previous.as_ref())
+                            .find(|r| r.components.iter().any(|c| c.digest == digest));
+                        match known {
+                            Some(ran) => (ran.release.clone(), ran.components.clone()),
+                            None => {
+                                let Some(current) = h.current.components.first() else {
+                                    return Ok(None);
+                                };
+                                let pinned = format!("{}@{digest}", current.image);
+                                let release = wharf_sticker::Release {
+                                    id: id.to_string(),
+                                    name: req.target.clone(),
+                                    version: image_short(&pinned),
+                                };
+                                let mut c = current.clone();
+                                c.digest = digest;
+                                (release, vec![c])
+                            }
+                        }
+                    }
+                    (
+                        None,
+                        Some(TargetHistory {
+                            previous: Some(previous),
+                            ..
+                        }),
+                    ) => (previous.release.clone(), previous.components.clone()),
+                    _ => return Ok(None),
+                }
+            }
+            _ => return Ok(None),
+        };
         let sticker = wharf_sticker::Sticker {
             target: wharf_sticker::Target {
                 agent: req.agent.clone(),
                 kind: wharf_sticker::TargetKind::Docker,
                 name: req.target.clone(),
             },
-            release: release(&spec.release, id),
-            components: vec![component(&image)],
+            release,
+            components,
             deployed_at: model::ms_to_ts(now).to_string(),
             deployed_by: requester.to_string(),
             task_id: id,
-            previous,
+            previous: history.map(|h| h.current.as_previous()),
         };
         let signed = wharf_sticker::sign(&sticker, key).map_err(|e| InvalidSubmit::Field {
-            field: "payload.deploy".into(),
+            field: format!("payload.{}", req.payload.kind().as_str()),
             reason: format!("cannot sign the sticker: {e}"),
         })?;
         String::from_utf8(signed.to_file_bytes())

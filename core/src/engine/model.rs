@@ -127,6 +127,12 @@ pub fn validate(req: &SubmitRequest) -> Result<(), InvalidSubmit> {
         TaskPayload::Rollback(spec) => {
             spec.to_digest()
                 .map_err(|e| InvalidSubmit::field("payload.rollback.to", e.to_string()))?;
+            if spec.sticker.is_some() {
+                return Err(InvalidSubmit::field(
+                    "payload.rollback.sticker",
+                    "the sticker is signed by core; leave it empty",
+                ));
+            }
         }
         TaskPayload::ComposeDeploy(spec) => validate_compose(req, spec)?,
         TaskPayload::ComposeRollback(spec) => {

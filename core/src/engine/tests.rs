@@ -421,3 +421,141 @@ async fn the_previous_deploy_survives_a_restart() {
         format!("sha256:{}", "1".repeat(64))
     );
 }
+
+fn rollback(agent: &str, target: &str, to: Option<&str>) -> SubmitRequest {
+    SubmitRequest {
+        payload: TaskPayload::Rollback(wharf_protocol::RollbackSpec {
+            to: to.map(str::to_string),
+            ..Default::default()
+        }),
+        ..deploy(agent, target, IMAGE_V1, None)
+    }
+}
+
+/// Submits `req`, takes its `Assign`, reports success; returns the verified sticker the
+/// task carried (if any).
+async fn run_ok(
+    engine: &Engine,
+    session: &mut Session,
+    keyring: &Keyring,
+    req: SubmitRequest,
+) -> Option<wharf_sticker::Sticker> {
+    let (_, view) = engine.submit(req, "alice").await.unwrap();
+    let task = next_assign(session).await;
+    let sticker = match &task.payload {
+        TaskPayload::Deploy(spec) => spec.sticker.clone(),
+        TaskPayload::Rollback(spec) => spec.sticker.clone(),
+        _ => None,
+    };
+    engine
+        .result("host-1", TaskResult::success(view.id, 1, Timestamp::now()))
+        .await
+        .unwrap();
+    sticker.map(|s| {
+        wharf_sticker::verify(s.as_bytes(), keyring)
+            .into_valid()
+            .expect("the sticker verifies")
+    })
+}
+
+#[tokio::test]
+async fn rollback_carries_a_sticker_of_the_previous_release_and_becomes_the_record() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let key = Arc::new(key);
+    let keyring = Keyring::from(key.verifying_key().clone());
+    let store = Arc::new(MemoryStore::new());
+    let digest = |n: &str| format!("sha256:{}", n.repeat(64));
+    {
+        let engine = start(store.clone(), Some(key.clone()));
+        let mut session = engine.open_session("host-1", "quic").await.unwrap();
+        // Nothing recorded yet: a rollback gets no sticker (the host decides).
+        assert!(run_ok(
+            &engine,
+            &mut session,
+            &keyring,
+            rollback("host-1", "web", None)
+        )
+        .await
+        .is_none());
+        let mut v1 = deploy("host-1", "web", IMAGE_V1, None);
+        if let TaskPayload::Deploy(spec) = &mut v1.payload {
+            spec.release.name = "web".into();
+            spec.release.version = "1.0.0".into();
+        }
+        run_ok(&engine, &mut session, &keyring, v1).await.unwrap();
+        run_ok(
+            &engine,
+            &mut session,
+            &keyring,
+            deploy("host-1", "web", IMAGE_V2, None),
+        )
+        .await
+        .unwrap();
+
+        // Rollback: to v1, with v1's release; what it replaces is v2.
+        let s = run_ok(
+            &engine,
+            &mut session,
+            &keyring,
+            rollback("host-1", "web", None),
+        )
+        .await
+        .expect("a rollback sticker");
+        assert_eq!(s.components[0].digest, digest("1"));
+        assert_eq!(s.release.version, "1.0.0");
+        assert_eq!(s.previous.unwrap().components[0].digest, digest("2"));
+        let last = engine
+            .last_successful_deploy("host-1", "web")
+            .await
+            .unwrap();
+        assert_eq!(last.kind, TaskKind::Rollback);
+
+        // The next deploy's previous is the rolled-back-to v1.
+        let s = run_ok(
+            &engine,
+            &mut session,
+            &keyring,
+            deploy("host-1", "web", IMAGE_V2, None),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.previous.unwrap().components[0].digest, digest("1"));
+
+        // --to a digest core never deployed: same repository, that digest.
+        let s = run_ok(
+            &engine,
+            &mut session,
+            &keyring,
+            rollback("host-1", "web", Some(&digest("3"))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.components[0].digest, digest("3"));
+        assert_eq!(s.components[0].image, "127.0.0.1:5000/app");
+        assert_eq!(s.previous.unwrap().components[0].digest, digest("2"));
+    }
+    // After a restart the record is rebuilt in order: what runs is the digest-3 rollback,
+    // what ran before it v2.
+    let engine = start(store, Some(key));
+    let mut session = engine.open_session("host-1", "quic").await.unwrap();
+    let s = run_ok(
+        &engine,
+        &mut session,
+        &keyring,
+        rollback("host-1", "web", None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.components[0].digest, digest("2"));
+    assert_eq!(s.previous.unwrap().components[0].digest, digest("3"));
+
+    // An operator cannot bring a sticker of their own to a rollback either.
+    let mut forged = rollback("host-1", "web", None);
+    if let TaskPayload::Rollback(spec) = &mut forged.payload {
+        spec.sticker = Some("{}".into());
+    }
+    assert!(matches!(
+        engine.submit(forged, "alice").await,
+        Err(EngineError::Invalid(_))
+    ));
+}
