@@ -133,7 +133,7 @@ async fn run_inner<E: Executor>(
     identity::create_state_dir(&config.state_dir).map_err(RuntimeError::InvalidInput)?;
     let identity = tokio::select! {
         id = obtain_identity(&config, &executor) => id?,
-        _ = stop.wait_for(|s| *s) => return Ok(()),
+        _ = stopping(&mut stop) => return Ok(()),
     };
     let journal = Journal::open(&config.state_dir.join("journal"), config.journal)?;
     let unfinished = journal.unfinished()?;
@@ -143,6 +143,7 @@ async fn run_inner<E: Executor>(
     let renewer = tokio::spawn(renew_loop(shared.clone(), stop.clone()));
     let outcome = supervise(&shared, &mut stop).await;
     renewer.abort();
+    let _ = renewer.await;
     shared.wind_down(shared.config.shutdown_grace).await;
     outcome
 }
@@ -207,6 +208,14 @@ async fn obtain_identity<E: Executor>(
     }
 }
 
+/// Resolves once `flag` is `true` (never, if its sender is gone first). Unlike
+/// `wait_for`, it holds no lock guard across an await.
+pub(crate) async fn stopping(flag: &mut watch::Receiver<bool>) {
+    if flag.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Sessions one after the other until shutdown or a fatal rejection.
 async fn supervise<E: Executor>(
     shared: &Arc<Shared<E>>,
@@ -220,7 +229,7 @@ async fn supervise<E: Executor>(
         }
         let established = tokio::select! {
             r = session::establish(shared.as_ref()) => r,
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = stopping(stop) => return Ok(()),
         };
         let delay = match established {
             Ok(session) => {
@@ -259,7 +268,7 @@ async fn supervise<E: Executor>(
         };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = stopping(stop) => return Ok(()),
         }
     }
 }
@@ -296,7 +305,7 @@ async fn renew_loop<E: Executor>(shared: Arc<Shared<E>>, mut stop: watch::Receiv
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stopping(&mut stop) => return,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uuid::Uuid;
 use wharf_core::pki::ALPN_WHARF;
@@ -24,6 +25,7 @@ use super::config::RuntimeEvent;
 use super::executor::Executor;
 use super::identity::error_chain;
 use super::journal::Admission;
+use super::stopping;
 use super::tasks::{start_execution, Shared, TaskKey};
 
 /// How long core may take to send `Assign` on a stream it opened.
@@ -133,9 +135,20 @@ fn close_reason(error: &ConnectionError) -> String {
                 format!("core closed the connection (code {code:#x}): {reason}")
             }
         }
+        // TLS alert 44, certificate_revoked: core's verifier refused the certificate.
+        ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::crypto(CERTIFICATE_REVOKED_ALERT) =>
+        {
+            "core refused this agent's certificate: it was revoked; enroll the agent again \
+             with a new token (wharf agent token create)"
+                .to_string()
+        }
         other => error_chain(other),
     }
 }
+
+/// The TLS alert `certificate_revoked`.
+const CERTIFICATE_REVOKED_ALERT: u8 = 44;
 
 /// Dials core, sends `Hello` with the pending results, waits for `Welcome`.
 pub(crate) async fn establish<E: Executor>(shared: &Shared<E>) -> Result<Session, ConnectError> {
@@ -301,15 +314,19 @@ pub(crate) async fn run_session<E: Executor>(
         let conn = conn.clone();
         let streams = streams.clone();
         tokio::spawn(async move {
+            let mut handlers = JoinSet::new();
             while let Ok((send, recv)) = conn.accept_bi().await {
+                while handlers.try_join_next().is_some() {}
                 streams.fetch_add(1, Ordering::Relaxed);
                 let shared = shared.clone();
                 let streams = streams.clone();
-                tokio::spawn(async move {
+                handlers.spawn(async move {
                     let _guard = StreamGuard(&streams);
                     task_stream(&shared, send, recv, max).await;
                 });
             }
+            // The connection is gone: so are its task streams.
+            handlers.shutdown().await;
         })
     };
     let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -342,7 +359,7 @@ pub(crate) async fn run_session<E: Executor>(
                 ),
             },
             e = conn.closed() => break SessionEnd::Lost(close_reason(&e)),
-            _ = shutdown.wait_for(|s| *s) => {
+            _ = stopping(shutdown) => {
                 conn.close(VarInt::from_u32(error_code::SHUTDOWN), b"agent shutting down");
                 break SessionEnd::Shutdown;
             }
@@ -372,10 +389,11 @@ pub(crate) async fn run_session<E: Executor>(
         }
     };
     reader.abort();
-    acceptor.abort();
     if conn.close_reason().is_none() {
         conn.close(VarInt::from_u32(error_code::NO_ERROR), b"session ended");
     }
+    // With the connection closed the acceptor ends, after its task streams.
+    let _ = acceptor.await;
     // Results this session's Hello carried that core never acknowledged, although the
     // session lasted long enough for the acks (they come right after Welcome).
     if opened.elapsed() >= interval * 2 {
@@ -499,10 +517,10 @@ async fn task_stream<E: Executor>(
             loop {
                 tokio::select! {
                     r = &mut waiting => break r,
-                    msg = inbox.recv(), if stream_ok => match msg {
+                    msg = inbox.recv() => match msg {
                         Some(Ok(Message::Cancel(c))) if c.task_id == task_id => shared.cancel(task_id),
                         Some(Ok(_)) => {}
-                        Some(Err(_)) | None => stream_ok = false,
+                        Some(Err(_)) | None => break None,
                     },
                 }
             }
@@ -516,15 +534,18 @@ async fn task_stream<E: Executor>(
                         stream_ok = write_frame(&mut send, &progress, max).await.is_ok();
                     }
                 }
-                msg = inbox.recv(), if stream_ok => match msg {
+                msg = inbox.recv() => match msg {
                     Some(Ok(Message::Cancel(c))) if c.task_id == task_id => shared.cancel(task_id),
                     Some(Ok(_)) => {}
-                    Some(Err(_)) | None => stream_ok = false,
+                    // Nobody to report to on this stream: the execution goes on, and its
+                    // result waits for the next Hello (the session looks for such results).
+                    Some(Err(_)) | None => break None,
                 },
             }
         },
     };
     let Some(result) = result else {
+        tracing::info!(%task_id, "task stream ended before the result: it goes in the next Hello");
         shared.undelivered.notify_one();
         return;
     };

@@ -380,7 +380,7 @@ async fn run_task<E: Executor>(
         };
         let guard = tokio::select! {
             g = shared.locks.acquire(&task.target) => g,
-            _ = cancel.wait_for(|c| *c) => break 'run cancelled_before_start(&task),
+            () = super::stopping(&mut cancel) => break 'run cancelled_before_start(&task),
         };
         if task.is_expired(Timestamp::now()) {
             break 'run expired(&task, Timestamp::now());

@@ -9,10 +9,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use quinn::crypto::rustls::QuicServerConfig;
@@ -30,6 +29,7 @@ use wharf_protocol::{
     Message, Priority, Reject, ResultAck, TaskKind, TaskPayload, TaskResult, Timestamp, Welcome,
     DEFAULT_MAX_FRAME,
 };
+use wharf_testbed::core::CoreProcess;
 use wharf_testbed::simagent::{
     Behaviour, CancelMode, ConnectOptions, CoreApi, EnrollError, Enrolled, Outcome, Reconnect,
     SimAgent, SimAgentError, SimAgentHandle, SimEvent,
@@ -597,122 +597,6 @@ fn identities_are_saved_with_private_keys_and_loaded_back() {
 // A real core.
 // ---------------------------------------------------------------------------------------
 
-/// The `wharf-core` binary, built once per test run with the cargo that runs the tests.
-fn core_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut cargo = Command::new(env!("CARGO"));
-        // The test runs with `cargo test`'s package variables (CARGO_PKG_NAME...); build
-        // scripts that watch them (ring's) would rebuild for this build and again for the
-        // next ordinary one. Build as a plain `cargo build` would.
-        for (key, _) in std::env::vars_os() {
-            let Some(key) = key.to_str() else { continue };
-            if key.starts_with("CARGO_") && !matches!(key, "CARGO_HOME" | "CARGO_TARGET_DIR") {
-                cargo.env_remove(key);
-            }
-        }
-        let out = cargo
-            .args([
-                "build",
-                "-p",
-                "wharf-core",
-                "--bin",
-                "wharf-core",
-                "--message-format=json",
-            ])
-            .current_dir(&workspace)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build");
-        assert!(out.status.success(), "cargo build of wharf-core failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "wharf-core")
-            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported the wharf-core executable")
-    })
-}
-
-/// A `wharf-core serve` child process on a fixed port and data dir; killed on drop.
-struct CoreProcess {
-    child: Option<KillOnDrop>,
-    data: PathBuf,
-    port: u16,
-}
-
-impl CoreProcess {
-    fn start(data: &Path) -> CoreProcess {
-        let port = wharf_testbed::free_port().unwrap();
-        let mut core = CoreProcess {
-            child: None,
-            data: data.to_path_buf(),
-            port,
-        };
-        core.spawn();
-        core
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new(core_binary());
-        cmd.args(["serve", "--data-dir"])
-            .arg(&self.data)
-            .args(["--listen", &self.addr()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("WHARF_") {
-                cmd.env_remove(key);
-            }
-        }
-        let mut child = cmd.spawn().expect("start wharf-core");
-        let stdout = child.stdout.take().unwrap();
-        let child = KillOnDrop(child);
-        // Keep reading stdout so the child never blocks on a full pipe.
-        let lines = lines_of(stdout);
-        std::thread::spawn(move || while lines.recv().is_ok() {});
-        self.child = Some(child);
-        self.wait_healthy();
-    }
-
-    fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().0.try_wait().unwrap() {
-                panic!("wharf-core exited at start: {status}");
-            }
-            if self.data.join("admin.token").exists()
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "wharf-core did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL, and reap. [`CoreProcess::spawn`] starts it again on the same port and data
-    /// dir.
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.0.kill().unwrap();
-            child.0.wait().unwrap();
-        }
-    }
-
-    fn api(&self) -> CoreApi {
-        let token = std::fs::read_to_string(self.data.join("admin.token")).unwrap();
-        let ca = std::fs::read(self.data.join("ca.pem")).unwrap();
-        CoreApi::new(&self.addr(), token.trim(), &ca).unwrap()
-    }
-}
-
 fn deploy_request(agent: &str, target: &str, n: u32, key: Option<String>) -> SubmitRequest {
     SubmitRequest {
         agent: agent.into(),
@@ -748,11 +632,11 @@ async fn real_core_enrollment_and_a_deploy_end_to_end() {
     let data = tempfile::tempdir().unwrap();
     let core = tokio::task::spawn_blocking({
         let data = data.path().to_path_buf();
-        move || CoreProcess::start(&data)
+        move || CoreProcess::start(&data).expect("core starts")
     })
     .await
     .unwrap();
-    let api = core.api();
+    let api = core.api().unwrap();
     let grant = api.create_enroll_token("sim-e2e", None).await.unwrap();
     assert!(grant.ca_hash.starts_with("sha256:"), "{grant:?}");
 
@@ -819,7 +703,7 @@ async fn real_core_enrollment_and_a_deploy_end_to_end() {
 fn sim_agent_command_line_runs_a_small_fleet() {
     let data = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let core = CoreProcess::start(data.path());
+    let core = CoreProcess::start(data.path()).expect("core starts");
     let token = std::fs::read_to_string(data.path().join("admin.token")).unwrap();
     let run = || {
         let mut child = KillOnDrop(
@@ -900,11 +784,11 @@ async fn kill_9_of_core_during_submissions_loses_no_acknowledged_task_and_runs_n
     let data = tempfile::tempdir().unwrap();
     let mut core = tokio::task::spawn_blocking({
         let data = data.path().to_path_buf();
-        move || CoreProcess::start(&data)
+        move || CoreProcess::start(&data).expect("core starts")
     })
     .await
     .unwrap();
-    let api = core.api();
+    let api = core.api().unwrap();
     let grant = api.create_enroll_token("sim-crash", None).await.unwrap();
     let enrolled = SimAgent::enroll(&core.addr(), &grant.token, &grant.ca_hash, "sim-crash")
         .await
@@ -976,12 +860,12 @@ async fn kill_9_of_core_during_submissions_loses_no_acknowledged_task_and_runs_n
             .wait_for(Duration::from_secs(60), |s| s.acks >= acks + 20)
             .await
             .expect("tasks flow before the kill");
-        core.kill9();
+        core.kill9().unwrap();
         acknowledged_at_kills.push(log.lock().unwrap().acknowledged.len());
         tokio::time::sleep(Duration::from_millis(300)).await;
         core = tokio::task::spawn_blocking(move || {
             let mut core = core;
-            core.spawn();
+            core.spawn().unwrap();
             core
         })
         .await
@@ -1004,7 +888,7 @@ async fn kill_9_of_core_during_submissions_loses_no_acknowledged_task_and_runs_n
     };
 
     // Every acknowledged task is still there after the restart, and all of them finish.
-    let api = core.api();
+    let api = core.api().unwrap();
     let mut found = 0;
     for id in acknowledged.values() {
         assert!(
