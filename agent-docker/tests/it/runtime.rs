@@ -826,3 +826,137 @@ async fn upgrade_required_stops_the_runtime() {
     assert!(err.to_string().contains("upgrade the agent"), "{err}");
     assert_eq!(err.exit_code(), 4);
 }
+
+// ---------------------------------------------------------------------------------------
+// kill -9 of the agent process.
+// ---------------------------------------------------------------------------------------
+
+/// A `scripted_agent` example process (see `examples/scripted_agent.rs`), killed on drop.
+struct AgentProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl AgentProcess {
+    fn spawn(core: &str, state: &Path, control: &Path, enroll: Option<(&str, &str)>) -> Self {
+        static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let bin = BIN.get_or_init(|| {
+            wharf_testbed::core::cargo_build("wharf-agent-docker", "example", "scripted_agent")
+                .expect("the scripted_agent example builds")
+        });
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["--core", core, "--name", "crashy", "--state-dir"])
+            .arg(state)
+            .arg("--control")
+            .arg(control)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        if let Some((token, ca_hash)) = enroll {
+            cmd.args(["--token", token, "--ca-hash", ca_hash]);
+        }
+        let mut child = cmd.spawn().expect("scripted_agent starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        AgentProcess { child, lines }
+    }
+
+    /// Waits (blocking) for an output line containing `needle`.
+    fn wait_line(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("no line with {needle:?} ({e}); got {seen:?}"),
+            }
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `path` exists.
+async fn wait_file(path: &Path) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !path.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_agent_mid_task_resumes_it_from_its_last_checkpoint() {
+    let bed = bed().await;
+    let root = tempfile::tempdir().unwrap();
+    let (state, control) = (root.path().join("state"), root.path().join("control"));
+    std::fs::create_dir_all(&control).unwrap();
+    let grant = bed.api.create_enroll_token("crashy", None).await.unwrap();
+    let core = bed.core.addr();
+
+    let mut first = tokio::task::block_in_place(|| {
+        let p = AgentProcess::spawn(
+            &core,
+            &state,
+            &control,
+            Some((&grant.token, &grant.ca_hash)),
+        );
+        p.wait_line("Connected");
+        p
+    });
+    let task = bed.submit("crashy", "web", None).await;
+    // `started-ID` is written after checkpoint `step-1` is durable.
+    wait_file(&control.join(format!("started-{}", task.id))).await;
+    bed.wait_state(task.id, TaskState::Running).await;
+    first.kill9();
+
+    // Restarted without a token: the task is resumed, not executed again, and core gets
+    // the result.
+    let second = tokio::task::block_in_place(|| {
+        let p = AgentProcess::spawn(&core, &state, &control, None);
+        p.wait_line(&format!("Resumed {{ task_id: {}", task.id));
+        p
+    });
+    let done = bed.wait_state(task.id, TaskState::Succeeded).await;
+    let result = done.result.expect("result stored");
+    assert_eq!(
+        result.outputs.get("resumed_from").map(String::as_str),
+        Some("step-1")
+    );
+    let calls = std::fs::read_to_string(control.join("calls.log")).unwrap();
+    assert_eq!(
+        calls.lines().collect::<Vec<_>>(),
+        vec![
+            format!("execute {}", task.id),
+            format!("resume {} step-1", task.id)
+        ],
+        "executed once, resumed once"
+    );
+    drop(second);
+}
