@@ -9,6 +9,10 @@
 //!   a [`Container`] guard removed on drop, waiting for health states).
 //! - [`simagent`]: a simulated agent (a protocol-level test tool, not an agent) that
 //!   enrolls with a real core and speaks `wharf/1` over QUIC with scripted behaviour.
+//! - [`core`]: a real `wharf-core serve` child process ([`core::CoreProcess`]) for
+//!   integration tests of every crate, and [`core::cargo_build`] for test binaries.
+//! - [`fake_core`]: a scripted core (core's mTLS over QUIC, no core process) on which a
+//!   test plays core's part message by message.
 //! - [`Testbed`]: the fixture most tests want: a registry with v1, v2 and broken
 //!   pushed to it, everything removed on drop.
 //!
@@ -27,9 +31,11 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod core;
 pub mod demo;
 pub mod docker;
 pub mod elf;
+pub mod fake_core;
 mod fixture;
 pub mod http;
 pub mod images;

@@ -218,6 +218,47 @@ impl CoreApi {
         self.call("GET", &path, None).await.map(|(_, v)| v)
     }
 
+    /// `POST /v1/tasks/{id}/cancel`.
+    ///
+    /// # Errors
+    ///
+    /// Core refused (404 for an unknown task, 409 for a finished one) or did not answer.
+    pub async fn cancel(&self, id: Uuid) -> Result<TaskView, ApiError> {
+        self.call("POST", &format!("/v1/tasks/{id}/cancel"), None)
+            .await
+            .map(|(_, v)| v)
+    }
+
+    /// `POST /v1/agents/{name}/revoke`: the agent's sessions close, its certificates are
+    /// refused from now on. The agent as JSON.
+    ///
+    /// # Errors
+    ///
+    /// Core refused (404 for an unknown agent) or did not answer.
+    pub async fn revoke_agent(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+        self.call("POST", &format!("/v1/agents/{name}/revoke"), None)
+            .await
+            .map(|(_, v)| v)
+    }
+
+    /// `POST /v1/registries`: stores credentials for `host` (core seals them to the agent
+    /// of every task whose image is on that host).
+    ///
+    /// # Errors
+    ///
+    /// Core refused or did not answer.
+    pub async fn registry_login(
+        &self,
+        host: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        let body = serde_json::json!({ "host": host, "username": username, "password": password });
+        self.call("POST", "/v1/registries", Some(&body))
+            .await
+            .map(|(_, v)| v)
+    }
+
     /// `GET /v1/agents`, as JSON values.
     ///
     /// # Errors

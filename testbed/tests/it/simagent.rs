@@ -9,27 +9,21 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use quinn::crypto::rustls::QuicServerConfig;
-use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use quinn::VarInt;
 use uuid::Uuid;
 use wharf_core::engine::SubmitRequest;
-use wharf_core::pki::{
-    generate_agent_key_and_csr, mtls_server_config, AgentKeyRequest, CertificateAuthority,
-    RevocationList, TlsIdentity, ALPN_WHARF,
-};
 use wharf_core::queue::TaskState;
-use wharf_protocol::seal::AgentSealKey;
 use wharf_protocol::{
-    read_frame, write_frame, AgentTask, Cancel, DeploySpec, DurationMs, ErrorType, Hello, Limits,
-    Message, Priority, Reject, ResultAck, TaskKind, TaskPayload, TaskResult, Timestamp, Welcome,
-    DEFAULT_MAX_FRAME,
+    write_frame, AgentTask, Cancel, DeploySpec, DurationMs, ErrorType, Message, Priority, Reject,
+    ResultAck, TaskKind, TaskPayload, Timestamp, DEFAULT_MAX_FRAME,
 };
+use wharf_testbed::core::CoreProcess;
+use wharf_testbed::fake_core::{FakeCore, FakeSession};
 use wharf_testbed::simagent::{
     Behaviour, CancelMode, ConnectOptions, CoreApi, EnrollError, Enrolled, Outcome, Reconnect,
     SimAgent, SimAgentError, SimAgentHandle, SimEvent,
@@ -65,172 +59,6 @@ fn deploy(target: &str, n: u32) -> AgentTask {
     task(TaskPayload::Deploy(DeploySpec::new(image(n))), target)
 }
 
-// ---------------------------------------------------------------------------------------
-// A scripted core.
-// ---------------------------------------------------------------------------------------
-
-/// A QUIC listener with core's mTLS configuration and a CA to issue agent identities; the
-/// test plays core's part message by message.
-struct FakeCore {
-    endpoint: Endpoint,
-    addr: SocketAddr,
-    ca: CertificateAuthority,
-}
-
-impl FakeCore {
-    fn start() -> FakeCore {
-        let now = SystemTime::now();
-        let ca = CertificateAuthority::generate(now).unwrap();
-        let server = ca.issue_server_cert(&["localhost"], now).unwrap();
-        let identity = TlsIdentity::for_server(&server, ca.cert_der()).unwrap();
-        let tls = mtls_server_config(
-            &identity,
-            ca.cert_der(),
-            Arc::new(RevocationList::new()),
-            &[ALPN_WHARF],
-        )
-        .unwrap();
-        let crypto = QuicServerConfig::try_from(Arc::new(tls)).unwrap();
-        let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        let endpoint = Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = endpoint.local_addr().unwrap();
-        FakeCore { endpoint, addr, ca }
-    }
-
-    fn core_addr(&self) -> String {
-        self.addr.to_string()
-    }
-
-    /// An identity issued by this core's CA, as enrollment would give.
-    fn enrolled(&self, name: &str) -> Enrolled {
-        let (key_pem, csr) = generate_agent_key_and_csr(name).unwrap();
-        let agent_id = Uuid::new_v4();
-        let cert = self
-            .ca
-            .issue_agent_cert(
-                &agent_id.to_string(),
-                name,
-                AgentKeyRequest::CsrPem(&csr),
-                SystemTime::now(),
-                Duration::from_secs(3600),
-            )
-            .unwrap();
-        Enrolled {
-            name: name.into(),
-            agent_id,
-            key_pem,
-            cert_pem: cert.pem,
-            ca_pem: self.ca.cert_pem().to_string(),
-            not_after: Timestamp::from_system_time(cert.not_after),
-            seal_key: Arc::new(AgentSealKey::generate().unwrap()),
-        }
-    }
-
-    /// Accepts the next connection and reads its `Hello`.
-    async fn accept(&self) -> FakeSession {
-        let incoming = tokio::time::timeout(WAIT, self.endpoint.accept())
-            .await
-            .expect("no connection in time")
-            .expect("endpoint closed");
-        let conn = incoming.await.expect("handshake");
-        let (send, mut recv) = tokio::time::timeout(WAIT, conn.accept_bi())
-            .await
-            .expect("no control stream in time")
-            .expect("control stream");
-        let hello = match read_frame(&mut recv, MAX).await.unwrap() {
-            Some(Message::Hello(h)) => h,
-            other => panic!("expected Hello, got {other:?}"),
-        };
-        FakeSession {
-            conn,
-            send,
-            recv,
-            hello,
-        }
-    }
-}
-
-struct FakeSession {
-    conn: Connection,
-    send: SendStream,
-    recv: RecvStream,
-    hello: Hello,
-}
-
-impl FakeSession {
-    async fn welcome(&mut self, heartbeat: Duration) {
-        let welcome = Message::Welcome(Welcome {
-            core_version: "0.1.0".into(),
-            heartbeat_interval: DurationMs::from(heartbeat),
-            limits: Limits::default(),
-        });
-        write_frame(&mut self.send, &welcome, MAX).await.unwrap();
-    }
-
-    /// The next control stream frame.
-    async fn control(&mut self) -> Message {
-        tokio::time::timeout(WAIT, read_frame(&mut self.recv, MAX))
-            .await
-            .expect("control frame in time")
-            .unwrap()
-            .expect("control stream open")
-    }
-
-    /// Opens a task stream and sends `Assign`.
-    async fn assign(&self, task: &AgentTask) -> FakeTaskStream {
-        let (mut send, recv) = self.conn.open_bi().await.unwrap();
-        write_frame(&mut send, &Message::Assign(task.clone()), MAX)
-            .await
-            .unwrap();
-        FakeTaskStream { send, recv }
-    }
-}
-
-struct FakeTaskStream {
-    send: SendStream,
-    recv: RecvStream,
-}
-
-impl FakeTaskStream {
-    /// The next frame: `Ok(None)` at the end of the stream, `Err` if it was reset.
-    async fn read(&mut self) -> Result<Option<Message>, String> {
-        tokio::time::timeout(WAIT, read_frame(&mut self.recv, MAX))
-            .await
-            .expect("task stream frame in time")
-            .map_err(|e| e.to_string())
-    }
-
-    async fn expect_accepted(&mut self, task: &AgentTask) {
-        match self.read().await {
-            Ok(Some(Message::Accepted(a))) => {
-                assert_eq!((a.task_id, a.attempt), (task.id, task.attempt));
-            }
-            other => panic!("expected Accepted, got {other:?}"),
-        }
-    }
-
-    /// Skips `Progress` frames; returns the result and how many progress frames came.
-    async fn expect_result(&mut self) -> (TaskResult, usize) {
-        let mut progress = 0;
-        loop {
-            match self.read().await {
-                Ok(Some(Message::Progress(_))) => progress += 1,
-                Ok(Some(Message::Result(r))) => return (r, progress),
-                other => panic!("expected Result, got {other:?}"),
-            }
-        }
-    }
-
-    async fn ack(&mut self, result: &TaskResult) {
-        let ack = Message::ResultAck(ResultAck {
-            task_id: result.task_id,
-            attempt: result.attempt,
-        });
-        write_frame(&mut self.send, &ack, MAX).await.unwrap();
-        let _ = self.send.finish();
-    }
-}
-
 /// A sim agent connected to `core` (reconnection off unless `options` says otherwise),
 /// with the session welcomed.
 async fn connected(
@@ -239,14 +67,14 @@ async fn connected(
     behaviour: Behaviour,
     options: ConnectOptions,
 ) -> (SimAgentHandle, FakeSession) {
-    let enrolled = core.enrolled(name);
+    let enrolled = core.enrolled(name).unwrap();
     let addr = core.core_addr();
     let connect =
         tokio::spawn(
             async move { SimAgent::connect_with(&enrolled, &addr, behaviour, options).await },
         );
-    let mut session = core.accept().await;
-    session.welcome(Duration::from_millis(100)).await;
+    let mut session = core.accept().await.unwrap();
+    session.welcome(Duration::from_millis(100)).await.unwrap();
     let agent = connect.await.unwrap().expect("sim agent connects");
     (agent, session)
 }
@@ -257,7 +85,7 @@ fn no_reconnect() -> ConnectOptions {
 
 #[tokio::test]
 async fn fake_core_full_cycle_heartbeats_and_journal_answers_a_resend() {
-    let core = FakeCore::start();
+    let core = FakeCore::start().unwrap();
     let (agent, mut session) = connected(
         &core,
         "cycle",
@@ -268,17 +96,20 @@ async fn fake_core_full_cycle_heartbeats_and_journal_answers_a_resend() {
     assert_eq!(session.hello.protocol_version, 1);
     assert!(session.hello.pending_results.is_empty());
     assert!(session.hello.capabilities.iter().any(|c| c == "simulated"));
-    assert!(matches!(session.control().await, Message::Heartbeat(_)));
+    assert!(matches!(
+        session.control().await.unwrap(),
+        Message::Heartbeat(_)
+    ));
 
     let mut events = agent.subscribe();
     let t = deploy("web", 1);
-    let mut stream = session.assign(&t).await;
-    stream.expect_accepted(&t).await;
-    let (result, progress) = stream.expect_result().await;
+    let mut stream = session.assign(&t).await.unwrap();
+    stream.expect_accepted(&t).await.unwrap();
+    let (result, progress) = stream.expect_result().await.unwrap();
     assert_eq!(progress, 2);
     assert!(result.success, "{result:?}");
     assert_eq!(result.outputs["digest"], format!("sha256:{:064x}", 1));
-    stream.ack(&result).await;
+    stream.ack(&result).await.unwrap();
     let received = agent.next_task(WAIT).await.expect("task in the channel");
     assert_eq!(received.id, t.id);
     agent
@@ -316,12 +147,12 @@ async fn fake_core_full_cycle_heartbeats_and_journal_answers_a_resend() {
     );
 
     // The same (task, attempt) again: answered from the journal, not run again.
-    let mut again = session.assign(&t).await;
-    again.expect_accepted(&t).await;
-    let (answer, progress) = again.expect_result().await;
+    let mut again = session.assign(&t).await.unwrap();
+    again.expect_accepted(&t).await.unwrap();
+    let (answer, progress) = again.expect_result().await.unwrap();
     assert_eq!(progress, 0);
     assert_eq!(answer, result);
-    again.ack(&answer).await;
+    again.ack(&answer).await.unwrap();
     let stats = agent.wait_for(WAIT, |s| s.acks == 2).await.unwrap();
     assert_eq!(stats.tasks_received, 2);
     assert_eq!(stats.executions, 1);
@@ -334,9 +165,9 @@ async fn fake_core_full_cycle_heartbeats_and_journal_answers_a_resend() {
 
     // Inspect reports what was deployed.
     let inspect = task(TaskPayload::Inspect, "web");
-    let mut s = session.assign(&inspect).await;
-    s.expect_accepted(&inspect).await;
-    let (r, _) = s.expect_result().await;
+    let mut s = session.assign(&inspect).await.unwrap();
+    s.expect_accepted(&inspect).await.unwrap();
+    let (r, _) = s.expect_result().await.unwrap();
     assert_eq!(r.outputs["image"], image(1));
     assert_eq!(r.outputs["state"], "running");
 
@@ -346,13 +177,13 @@ async fn fake_core_full_cycle_heartbeats_and_journal_answers_a_resend() {
 
 #[tokio::test]
 async fn a_reject_is_returned_with_its_reason() {
-    let core = FakeCore::start();
-    let enrolled = core.enrolled("old");
+    let core = FakeCore::start().unwrap();
+    let enrolled = core.enrolled("old").unwrap();
     let addr = core.core_addr();
     let connect = tokio::spawn(async move {
         SimAgent::connect_with(&enrolled, &addr, Behaviour::succeed(), no_reconnect()).await
     });
-    let mut session = core.accept().await;
+    let mut session = core.accept().await.unwrap();
     let reject = Message::Reject(Reject {
         reason: "upgrade required".into(),
     });
@@ -364,23 +195,23 @@ async fn a_reject_is_returned_with_its_reason() {
 
 #[tokio::test]
 async fn an_unacknowledged_result_is_resent_in_the_next_hello() {
-    let core = FakeCore::start();
+    let core = FakeCore::start().unwrap();
     let options = ConnectOptions::default().with_reconnect(Reconnect {
         initial: Duration::from_millis(20),
         ..Reconnect::default()
     });
     let (agent, session) = connected(&core, "resend", Behaviour::succeed(), options).await;
     let t = deploy("api", 2);
-    let mut stream = session.assign(&t).await;
-    stream.expect_accepted(&t).await;
-    let (result, _) = stream.expect_result().await;
+    let mut stream = session.assign(&t).await.unwrap();
+    stream.expect_accepted(&t).await.unwrap();
+    let (result, _) = stream.expect_result().await.unwrap();
     // Core "crashes" before acknowledging.
     session
         .conn
         .close(VarInt::from_u32(0x22), b"core went away");
-    let mut second = core.accept().await;
+    let mut second = core.accept().await.unwrap();
     assert_eq!(second.hello.pending_results, vec![result.clone()]);
-    second.welcome(Duration::from_millis(100)).await;
+    second.welcome(Duration::from_millis(100)).await.unwrap();
     let ack = Message::ResultAck(ResultAck {
         task_id: t.id,
         attempt: 1,
@@ -397,15 +228,15 @@ async fn an_unacknowledged_result_is_resent_in_the_next_hello() {
 
 #[tokio::test]
 async fn cancels_are_honoured_or_ignored() {
-    let core = FakeCore::start();
+    let core = FakeCore::start().unwrap();
     let slow = Behaviour::succeed().with_delay(Duration::from_secs(30));
     let (agent, session) = connected(&core, "cancel", slow, no_reconnect()).await;
     let t = deploy("db", 3);
-    let mut stream = session.assign(&t).await;
-    stream.expect_accepted(&t).await;
+    let mut stream = session.assign(&t).await.unwrap();
+    stream.expect_accepted(&t).await.unwrap();
     let cancel = Message::Cancel(Cancel { task_id: t.id });
     write_frame(&mut stream.send, &cancel, MAX).await.unwrap();
-    let (r, _) = stream.expect_result().await;
+    let (r, _) = stream.expect_result().await.unwrap();
     assert!(!r.success);
     assert_eq!(r.error_type, Some(ErrorType::Cancelled));
     assert!(r.rolled_back);
@@ -416,8 +247,8 @@ async fn cancels_are_honoured_or_ignored() {
             .with_cancel(CancelMode::Ignore),
     );
     let t2 = deploy("db", 4);
-    let mut stream = session.assign(&t2).await;
-    stream.expect_accepted(&t2).await;
+    let mut stream = session.assign(&t2).await.unwrap();
+    stream.expect_accepted(&t2).await.unwrap();
     write_frame(
         &mut stream.send,
         &Message::Cancel(Cancel { task_id: t2.id }),
@@ -425,7 +256,7 @@ async fn cancels_are_honoured_or_ignored() {
     )
     .await
     .unwrap();
-    let (r, _) = stream.expect_result().await;
+    let (r, _) = stream.expect_result().await.unwrap();
     assert!(r.success, "{r:?}");
     let stats = agent.stats();
     assert_eq!(stats.cancels_received, 2);
@@ -434,7 +265,7 @@ async fn cancels_are_honoured_or_ignored() {
 
 #[tokio::test]
 async fn dropped_assigns_and_streams_never_run_twice() {
-    let core = FakeCore::start();
+    let core = FakeCore::start().unwrap();
     let (agent, session) = connected(
         &core,
         "drops",
@@ -444,12 +275,12 @@ async fn dropped_assigns_and_streams_never_run_twice() {
     .await;
     // The first Assign is "lost": the stream is reset without Accepted.
     let t = deploy("cache", 5);
-    let mut stream = session.assign(&t).await;
-    assert!(stream.read().await.is_err(), "the stream is reset");
+    let mut stream = session.assign(&t).await.unwrap();
+    assert!(stream.read().await.unwrap().is_err(), "the stream is reset");
     // Core re-sends after its lease: now it runs.
-    let mut stream = session.assign(&t).await;
-    stream.expect_accepted(&t).await;
-    let (r, _) = stream.expect_result().await;
+    let mut stream = session.assign(&t).await.unwrap();
+    stream.expect_accepted(&t).await.unwrap();
+    let (r, _) = stream.expect_result().await.unwrap();
     assert!(r.success);
     assert_eq!(agent.stats().assigns_dropped, 1);
     assert_eq!(agent.executions_of(t.id, 1), 1);
@@ -458,9 +289,9 @@ async fn dropped_assigns_and_streams_never_run_twice() {
     agent.set_behaviour(Behaviour::always(Outcome::DropAfterAccept));
     let t2 = deploy("queue", 6);
     for _ in 0..2 {
-        let mut stream = session.assign(&t2).await;
-        stream.expect_accepted(&t2).await;
-        let end = stream.read().await;
+        let mut stream = session.assign(&t2).await.unwrap();
+        stream.expect_accepted(&t2).await.unwrap();
+        let end = stream.read().await.unwrap();
         assert!(matches!(end, Ok(None)), "ends without a result: {end:?}");
     }
     assert_eq!(agent.executions_of(t2.id, 1), 1);
@@ -475,7 +306,7 @@ async fn dropped_assigns_and_streams_never_run_twice() {
 
 #[tokio::test]
 async fn outcomes_and_outputs_per_kind() {
-    let core = FakeCore::start();
+    let core = FakeCore::start().unwrap();
     let behaviour = Behaviour::succeed()
         .with_kind(
             TaskKind::Deploy,
@@ -490,10 +321,10 @@ async fn outcomes_and_outputs_per_kind() {
     let run = |t: AgentTask| {
         let session = &session;
         async move {
-            let mut s = session.assign(&t).await;
-            s.expect_accepted(&t).await;
-            let (r, _) = s.expect_result().await;
-            s.ack(&r).await;
+            let mut s = session.assign(&t).await.unwrap();
+            s.expect_accepted(&t).await.unwrap();
+            let (r, _) = s.expect_result().await.unwrap();
+            s.ack(&r).await.unwrap();
             r
         }
     };
@@ -517,15 +348,15 @@ async fn outcomes_and_outputs_per_kind() {
 #[tokio::test]
 async fn many_agents_share_one_endpoint() {
     const N: usize = 25;
-    let core = Arc::new(FakeCore::start());
-    let endpoint = SimAgent::endpoint(core.addr).unwrap();
+    let core = Arc::new(FakeCore::start().unwrap());
+    let endpoint = SimAgent::endpoint(core.addr()).unwrap();
     let server = {
         let core = core.clone();
         tokio::spawn(async move {
             let mut sessions = Vec::new();
             for _ in 0..N {
-                let mut s = core.accept().await;
-                s.welcome(Duration::from_millis(200)).await;
+                let mut s = core.accept().await.unwrap();
+                s.welcome(Duration::from_millis(200)).await.unwrap();
                 sessions.push(s);
             }
             sessions
@@ -533,7 +364,7 @@ async fn many_agents_share_one_endpoint() {
     };
     let mut connects = Vec::new();
     for i in 0..N {
-        let enrolled = core.enrolled(&format!("fleet-{i}"));
+        let enrolled = core.enrolled(&format!("fleet-{i}")).unwrap();
         let options = no_reconnect().with_endpoint(endpoint.clone());
         let addr = core.core_addr();
         connects.push(tokio::spawn(async move {
@@ -553,9 +384,9 @@ async fn many_agents_share_one_endpoint() {
     );
     // Each connection still carries its own certificate: a task to one agent reaches it only.
     let t = deploy("web", 8);
-    let mut s = sessions[7].assign(&t).await;
-    s.expect_accepted(&t).await;
-    s.expect_result().await;
+    let mut s = sessions[7].assign(&t).await.unwrap();
+    s.expect_accepted(&t).await.unwrap();
+    s.expect_result().await.unwrap();
     let received: u64 = agents.iter().map(|a| a.stats().tasks_received).sum();
     assert_eq!(received, 1);
     assert!(agents.iter().all(|a| a.is_connected()));
@@ -568,8 +399,8 @@ fn identities_are_saved_with_private_keys_and_loaded_back() {
         .enable_all()
         .build()
         .unwrap();
-    let core = rt.block_on(async { FakeCore::start() });
-    let enrolled = core.enrolled("saved");
+    let core = rt.block_on(async { FakeCore::start().unwrap() });
+    let enrolled = core.enrolled("saved").unwrap();
     let dir = tempfile::tempdir().unwrap();
     assert!(Enrolled::load(dir.path()).unwrap().is_none());
     enrolled.save(dir.path()).unwrap();
@@ -596,122 +427,6 @@ fn identities_are_saved_with_private_keys_and_loaded_back() {
 // ---------------------------------------------------------------------------------------
 // A real core.
 // ---------------------------------------------------------------------------------------
-
-/// The `wharf-core` binary, built once per test run with the cargo that runs the tests.
-fn core_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut cargo = Command::new(env!("CARGO"));
-        // The test runs with `cargo test`'s package variables (CARGO_PKG_NAME...); build
-        // scripts that watch them (ring's) would rebuild for this build and again for the
-        // next ordinary one. Build as a plain `cargo build` would.
-        for (key, _) in std::env::vars_os() {
-            let Some(key) = key.to_str() else { continue };
-            if key.starts_with("CARGO_") && !matches!(key, "CARGO_HOME" | "CARGO_TARGET_DIR") {
-                cargo.env_remove(key);
-            }
-        }
-        let out = cargo
-            .args([
-                "build",
-                "-p",
-                "wharf-core",
-                "--bin",
-                "wharf-core",
-                "--message-format=json",
-            ])
-            .current_dir(&workspace)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build");
-        assert!(out.status.success(), "cargo build of wharf-core failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "wharf-core")
-            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported the wharf-core executable")
-    })
-}
-
-/// A `wharf-core serve` child process on a fixed port and data dir; killed on drop.
-struct CoreProcess {
-    child: Option<KillOnDrop>,
-    data: PathBuf,
-    port: u16,
-}
-
-impl CoreProcess {
-    fn start(data: &Path) -> CoreProcess {
-        let port = wharf_testbed::free_port().unwrap();
-        let mut core = CoreProcess {
-            child: None,
-            data: data.to_path_buf(),
-            port,
-        };
-        core.spawn();
-        core
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new(core_binary());
-        cmd.args(["serve", "--data-dir"])
-            .arg(&self.data)
-            .args(["--listen", &self.addr()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("WHARF_") {
-                cmd.env_remove(key);
-            }
-        }
-        let mut child = cmd.spawn().expect("start wharf-core");
-        let stdout = child.stdout.take().unwrap();
-        let child = KillOnDrop(child);
-        // Keep reading stdout so the child never blocks on a full pipe.
-        let lines = lines_of(stdout);
-        std::thread::spawn(move || while lines.recv().is_ok() {});
-        self.child = Some(child);
-        self.wait_healthy();
-    }
-
-    fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().0.try_wait().unwrap() {
-                panic!("wharf-core exited at start: {status}");
-            }
-            if self.data.join("admin.token").exists()
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "wharf-core did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL, and reap. [`CoreProcess::spawn`] starts it again on the same port and data
-    /// dir.
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.0.kill().unwrap();
-            child.0.wait().unwrap();
-        }
-    }
-
-    fn api(&self) -> CoreApi {
-        let token = std::fs::read_to_string(self.data.join("admin.token")).unwrap();
-        let ca = std::fs::read(self.data.join("ca.pem")).unwrap();
-        CoreApi::new(&self.addr(), token.trim(), &ca).unwrap()
-    }
-}
 
 fn deploy_request(agent: &str, target: &str, n: u32, key: Option<String>) -> SubmitRequest {
     SubmitRequest {
@@ -748,11 +463,11 @@ async fn real_core_enrollment_and_a_deploy_end_to_end() {
     let data = tempfile::tempdir().unwrap();
     let core = tokio::task::spawn_blocking({
         let data = data.path().to_path_buf();
-        move || CoreProcess::start(&data)
+        move || CoreProcess::start(&data).expect("core starts")
     })
     .await
     .unwrap();
-    let api = core.api();
+    let api = core.api().unwrap();
     let grant = api.create_enroll_token("sim-e2e", None).await.unwrap();
     assert!(grant.ca_hash.starts_with("sha256:"), "{grant:?}");
 
@@ -819,7 +534,7 @@ async fn real_core_enrollment_and_a_deploy_end_to_end() {
 fn sim_agent_command_line_runs_a_small_fleet() {
     let data = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let core = CoreProcess::start(data.path());
+    let core = CoreProcess::start(data.path()).expect("core starts");
     let token = std::fs::read_to_string(data.path().join("admin.token")).unwrap();
     let run = || {
         let mut child = KillOnDrop(
@@ -900,11 +615,11 @@ async fn kill_9_of_core_during_submissions_loses_no_acknowledged_task_and_runs_n
     let data = tempfile::tempdir().unwrap();
     let mut core = tokio::task::spawn_blocking({
         let data = data.path().to_path_buf();
-        move || CoreProcess::start(&data)
+        move || CoreProcess::start(&data).expect("core starts")
     })
     .await
     .unwrap();
-    let api = core.api();
+    let api = core.api().unwrap();
     let grant = api.create_enroll_token("sim-crash", None).await.unwrap();
     let enrolled = SimAgent::enroll(&core.addr(), &grant.token, &grant.ca_hash, "sim-crash")
         .await
@@ -976,12 +691,12 @@ async fn kill_9_of_core_during_submissions_loses_no_acknowledged_task_and_runs_n
             .wait_for(Duration::from_secs(60), |s| s.acks >= acks + 20)
             .await
             .expect("tasks flow before the kill");
-        core.kill9();
+        core.kill9().unwrap();
         acknowledged_at_kills.push(log.lock().unwrap().acknowledged.len());
         tokio::time::sleep(Duration::from_millis(300)).await;
         core = tokio::task::spawn_blocking(move || {
             let mut core = core;
-            core.spawn();
+            core.spawn().unwrap();
             core
         })
         .await
@@ -1004,7 +719,7 @@ async fn kill_9_of_core_during_submissions_loses_no_acknowledged_task_and_runs_n
     };
 
     // Every acknowledged task is still there after the restart, and all of them finish.
-    let api = core.api();
+    let api = core.api().unwrap();
     let mut found = 0;
     for id in acknowledged.values() {
         assert!(

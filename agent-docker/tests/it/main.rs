@@ -1,0 +1,7 @@
+//! The integration tests of `wharf-agent-docker` (one test binary; modules by area).
+//!
+//! - [`runtime`]: the agent runtime against a real `wharf-core serve` child process
+//!   (enrollment, sessions, tasks, crash recovery, revocation) and, for the protocol
+//!   corners core never produces on its own, a scripted QUIC core.
+
+mod runtime;
