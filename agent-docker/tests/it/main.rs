@@ -1,0 +1,3 @@
+//! The integration tests of `wharf-agent-docker`: one binary, one module per area.
+
+mod docker;
