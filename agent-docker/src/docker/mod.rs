@@ -16,10 +16,14 @@
 pub mod api;
 pub mod bollard;
 mod deploy;
+#[cfg(test)]
+mod fake;
 pub mod fault;
 pub mod health;
 mod rollback;
 mod simple;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::time::Duration;
