@@ -541,6 +541,47 @@ async fn refused_and_failed_pulls_change_nothing() {
     unchanged("hook");
 }
 
+/// A fresh target running v1 (deployed with the registry's credentials), and its guards.
+async fn fresh_v1(
+    exec: &DockerExecutor<BollardDocker>,
+    bed: &Testbed,
+    key: &SigningKey,
+    v1: &PinnedRef,
+) -> (String, Guards) {
+    let name = target_name();
+    let g = guards(&name);
+    let t = deploy_task(key, &name, v1, None, http_health());
+    let (r, _) = run(exec, t, Some(creds(bed, PASSWORD))).await;
+    assert_ok(&r);
+    (name, g)
+}
+
+/// Resumes the interrupted deploy of v2 over v1 and checks the outcome: v2 running and
+/// healthy on success (`forward`), else v1 restored (`rolled_back`); never two running.
+async fn resume_and_check(
+    exec: &DockerExecutor<BollardDocker>,
+    t: AgentTask,
+    checkpoint: Option<Vec<u8>>,
+    name: &str,
+    forward: bool,
+    step: &str,
+) {
+    let c = context(None, Arc::new(MemorySink::default()));
+    let r = exec.resume(t, checkpoint, c.ctx).await;
+    assert_eq!(r.success, forward, "{step}: {r:?}");
+    assert_eq!(r.rolled_back, !forward, "{step}: {r:?}");
+    assert!(running(name), "{step}");
+    let want = if forward { "v2" } else { "v1" };
+    assert_eq!(version_of(name).await.trim(), want, "{step}");
+    docker_healthy(name).await;
+    let previous = inspect(&previous_name(name));
+    assert!(
+        previous.is_null() || previous["State"]["Running"] == false,
+        "{step}: exactly one running container"
+    );
+    assert!(inspect(&swap_name(name)).is_null(), "{step}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_a_crash_ends_with_one_healthy_container() {
     let Scene {
@@ -560,15 +601,7 @@ async fn resume_after_a_crash_ends_with_one_healthy_container() {
         ("wait-healthy", &v2),
     ];
     for (step, expected) in cases {
-        let name = target_name();
-        let _g = guards(&name);
-        let (r, _) = run(
-            &exec,
-            deploy_task(&key, &name, &v1, None, http_health()),
-            Some(creds(&bed, PASSWORD)),
-        )
-        .await;
-        assert_ok(&r);
+        let (name, _g) = fresh_v1(&exec, &bed, &key, &v1).await;
 
         // Deploy v2 and "die" right after `step` was taken (at the next checkpoint).
         let t = deploy_task(&key, &name, &v2, Some(&v1), http_health());
@@ -586,24 +619,7 @@ async fn resume_after_a_crash_ends_with_one_healthy_container() {
         let checkpoint = sink.captured.lock().unwrap().clone();
         assert!(checkpoint.is_some(), "{step}: checkpoint captured");
 
-        let c = context(None, Arc::new(MemorySink::default()));
-        let r = exec.resume(t, checkpoint, c.ctx).await;
-        if expected == &v2 {
-            assert_ok(&r);
-        } else {
-            assert!(!r.success && r.rolled_back, "{step}: {r:?}");
-        }
-        assert_eq!(image_of(&name), expected.to_string(), "{step}");
-        assert!(running(&name), "{step}");
-        let want = if expected == &v2 { "v2" } else { "v1" };
-        assert_eq!(version_of(&name).await.trim(), want, "{step}");
-        docker_healthy(&name).await;
-        let previous = inspect(&previous_name(&name));
-        assert!(
-            previous.is_null() || previous["State"]["Running"] == false,
-            "{step}: exactly one running container"
-        );
-        assert!(inspect(&swap_name(&name)).is_null());
+        resume_and_check(&exec, t, checkpoint, &name, expected == &v2, step).await;
     }
 
     // No checkpoint: nothing was done; a retriable failure.
@@ -618,4 +634,123 @@ async fn resume_after_a_crash_ends_with_one_healthy_container() {
         .await;
     assert!(!r.success && r.retriable && !r.rolled_back, "{r:?}");
     assert!(inspect(&name).is_null());
+}
+
+/// The journal of the child process: each checkpoint replaces the file atomically (temp
+/// file, fsync, rename), so the last durable one survives a kill -9.
+struct FileSink(std::path::PathBuf);
+
+impl CheckpointSink for FileSink {
+    fn write(&self, state: Vec<u8>) -> BoxFuture<'static, Result<(), CheckpointError>> {
+        let written = wharf_sticker::write_private_atomic(&self.0, &state)
+            .map_err(|e| CheckpointError(e.to_string()));
+        Box::pin(async move { written })
+    }
+}
+
+const CHILD_TASK: &str = "WHARF_IT_CHILD_TASK";
+const CHILD_JOURNAL: &str = "WHARF_IT_CHILD_JOURNAL";
+const CHILD_STATE: &str = "WHARF_IT_CHILD_STATE";
+
+/// The child side of [`kill_9_at_a_step_then_resume`]: runs the task from the
+/// environment, pausing at `WHARF_FAULT_PAUSE_AT` (fault-injection build).
+async fn child_deploy(task_json: String) {
+    let task: AgentTask = serde_json::from_str(&task_json).unwrap();
+    let journal = std::env::var(CHILD_JOURNAL).unwrap();
+    let state = std::env::var(CHILD_STATE).unwrap();
+    let docker = BollardDocker::connect(None).await.unwrap();
+    let exec = DockerExecutor::new(docker, DockerExecutorConfig::new(state));
+    let c = context(None, Arc::new(FileSink(journal.into())));
+    let r = exec.execute(task, c.ctx).await;
+    eprintln!("WHARF_IT_CHILD_FINISHED {r:?}");
+}
+
+/// Runs this test binary as a child that deploys `t` and pauses at `step`; waits for
+/// its `WHARF_FAULT_PAUSED <step>` line, kills it with SIGKILL and returns the last
+/// checkpoint it made durable.
+async fn deploy_in_child_and_kill_at(
+    t: &AgentTask,
+    step: &str,
+    state: &std::path::Path,
+) -> Vec<u8> {
+    use std::io::BufRead;
+    let journal = state.join("journal.bin");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "docker::kill_9_at_a_step_then_resume",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_TASK, serde_json::to_string(t).unwrap())
+        .env(CHILD_JOURNAL, &journal)
+        .env(CHILD_STATE, state)
+        .env(wharf_agent_docker::docker::fault::PAUSE_ENV, step)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let marker = format!(
+        "{} {step}",
+        wharf_agent_docker::docker::fault::PAUSED_MARKER
+    );
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+            if line == marker {
+                return Ok(lines);
+            }
+            lines.push(line);
+        }
+        Err(lines)
+    })
+    .await
+    .unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    if let Err(lines) = seen {
+        panic!("the child never paused at {step}: {lines:#?}");
+    }
+    std::fs::read(&journal).expect("the child journaled before pausing")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_a_step_then_resume() {
+    if let Ok(task_json) = std::env::var(CHILD_TASK) {
+        return child_deploy(task_json).await;
+    }
+    let scene = scene().await;
+    let (bed, exec, key) = (&scene.bed, &scene.exec, &scene.key);
+    let v1 = bed.image(TestVersion::V1).clone();
+    let v2 = bed.image(TestVersion::V2).clone();
+    // The child has no credentials: it deploys v2 from the verified local copy.
+    tokio::task::block_in_place(|| bed.registry().client().pull(&v2.to_string())).unwrap();
+    // (step killed at, running afterwards): the step was journaled but not taken.
+    for (step, expected) in [("rename-current-to-previous", &v1), ("wait-healthy", &v2)] {
+        let (name, _g) = fresh_v1(exec, bed, key, &v1).await;
+        let t = deploy_task(key, &name, &v2, Some(&v1), http_health());
+        let checkpoint = deploy_in_child_and_kill_at(&t, step, scene.dir.path()).await;
+        assert_eq!(checkpoint_step(&checkpoint).as_deref(), Some(step));
+        match step {
+            "rename-current-to-previous" => {
+                assert!(!running(&name), "stopped before the kill");
+                assert!(inspect(&previous_name(&name)).is_null());
+            }
+            _ => {
+                assert!(running(&name) && image_of(&name) == v2.to_string());
+                assert_eq!(image_of(&previous_name(&name)), v1.to_string());
+            }
+        }
+        resume_and_check(exec, t, Some(checkpoint), &name, expected == &v2, step).await;
+    }
 }
