@@ -7,5 +7,6 @@
 //!   executors plug in through [`runtime::Executor`].
 #![warn(missing_docs)]
 
+pub mod docker;
 pub mod plan;
 pub mod runtime;
