@@ -370,6 +370,7 @@ async fn deploy_swap_restore_rollback_and_inspect() {
     assert_eq!(inspect(&previous_name(&name))["Id"], v1_id.as_str());
     assert!(!running(&previous_name(&name)));
     assert_eq!(r.outputs["previous_digest"], v1.digest());
+    eprintln!("deploy v1 -> v2 metrics: {:?}", r.metrics);
 
     // A broken release: health fails, v2 comes back and answers.
     let v2_id = inspect(&name)["Id"].as_str().unwrap().to_owned();
@@ -393,6 +394,7 @@ async fn deploy_swap_restore_rollback_and_inspect() {
     );
     let steps: Vec<_> = lines.iter().map(|l| l.step.as_str()).collect();
     assert!(steps.contains(&"rename-previous-back"), "{steps:?}");
+    eprintln!("deploy v2 -> broken (restored) metrics: {:?}", r.metrics);
     assert_eq!(inspect(&name)["Id"], v2_id.as_str());
     assert!(running(&name));
     assert_eq!(version_of(&name).await.trim(), "v2");
