@@ -424,7 +424,9 @@ impl DockerApi for BollardDocker {
     }
 
     async fn stop_container(&self, container: &str, grace: Duration) -> Result<(), DockerError> {
-        let secs = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        // Docker takes whole seconds: round up so a grace is never cut to nothing.
+        let secs = grace.as_millis().div_ceil(1000);
+        let secs = i32::try_from(secs).unwrap_or(i32::MAX);
         let options = StopContainerOptionsBuilder::default().t(secs).build();
         self.docker
             .stop_container(container, Some(options))
