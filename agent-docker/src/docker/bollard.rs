@@ -30,6 +30,9 @@ const REQUEST_TIMEOUT_SECS: u64 = 120;
 /// Most log lines kept from one container, whatever the caller asks.
 const MAX_LOG_LINES: usize = 1000;
 
+/// Most bytes of log text read from one container (a line can be arbitrarily long).
+const MAX_LOG_BYTES: usize = 256 * 1024;
+
 /// Most bytes of exec output read (and dropped) before the exec is considered done.
 const MAX_EXEC_OUTPUT: usize = 1 << 20;
 
@@ -421,7 +424,9 @@ impl DockerApi for BollardDocker {
     }
 
     async fn stop_container(&self, container: &str, grace: Duration) -> Result<(), DockerError> {
-        let secs = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        // Docker takes whole seconds: round up so a grace is never cut to nothing.
+        let secs = grace.as_millis().div_ceil(1000);
+        let secs = i32::try_from(secs).unwrap_or(i32::MAX);
         let options = StopContainerOptionsBuilder::default().t(secs).build();
         self.docker
             .stop_container(container, Some(options))
@@ -461,7 +466,13 @@ impl DockerApi for BollardDocker {
         let mut text = String::new();
         while let Some(item) = stream.next().await {
             let chunk = item.map_err(map_error)?;
-            text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            let room = MAX_LOG_BYTES.saturating_sub(text.len());
+            let bytes = chunk.into_bytes();
+            text.push_str(&String::from_utf8_lossy(&bytes[..bytes.len().min(room)]));
+            if text.len() >= MAX_LOG_BYTES {
+                text.push_str("\n[log output cut at 256 KiB]");
+                break;
+            }
         }
         let all: Vec<String> = text.lines().map(str::to_owned).collect();
         let skip = all.len().saturating_sub(lines);

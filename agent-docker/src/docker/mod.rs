@@ -5,8 +5,8 @@
 //!   data types and [`DockerError`];
 //! - [`bollard`](mod@bollard): [`BollardDocker`], the trait over the Docker Engine API;
 //! - [`health`]: the health gate;
-//! - [`DockerExecutor`]: the [`Executor`](crate::runtime::Executor) of the Docker agent. A
-//!   deploy drives [`DeployPlan`](crate::plan::DeployPlan), checkpointing the plan (and
+//! - [`DockerExecutor`]: the [`Executor`] of the Docker agent. A
+//!   deploy drives [`DeployPlan`], checkpointing the plan (and
 //!   what resume needs) through [`TaskContext::checkpoint`] before every step.
 //!
 //! Container names: the target `<name>` runs the current version; `<name>-previous` holds

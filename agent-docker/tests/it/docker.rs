@@ -370,6 +370,7 @@ async fn deploy_swap_restore_rollback_and_inspect() {
     assert_eq!(inspect(&previous_name(&name))["Id"], v1_id.as_str());
     assert!(!running(&previous_name(&name)));
     assert_eq!(r.outputs["previous_digest"], v1.digest());
+    eprintln!("deploy v1 -> v2 metrics: {:?}", r.metrics);
 
     // A broken release: health fails, v2 comes back and answers.
     let v2_id = inspect(&name)["Id"].as_str().unwrap().to_owned();
@@ -393,6 +394,7 @@ async fn deploy_swap_restore_rollback_and_inspect() {
     );
     let steps: Vec<_> = lines.iter().map(|l| l.step.as_str()).collect();
     assert!(steps.contains(&"rename-previous-back"), "{steps:?}");
+    eprintln!("deploy v2 -> broken (restored) metrics: {:?}", r.metrics);
     assert_eq!(inspect(&name)["Id"], v2_id.as_str());
     assert!(running(&name));
     assert_eq!(version_of(&name).await.trim(), "v2");
@@ -752,5 +754,117 @@ async fn kill_9_at_a_step_then_resume() {
             }
         }
         resume_and_check(exec, t, Some(checkpoint), &name, expected == &v2, step).await;
+    }
+}
+
+/// A Docker network removed on drop.
+struct Network(String);
+
+impl Network {
+    fn create() -> Self {
+        let name = format!("wharf-it-net-{}", wharf_testbed::unique_suffix());
+        wharf_testbed::docker::run(
+            wharf_testbed::docker::command(None).args(["network", "create", &name]),
+        )
+        .expect("docker network create");
+        Network(name)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = wharf_testbed::docker::output(
+            wharf_testbed::docker::command(None).args(["network", "rm", &self.0]),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_applies_the_whole_container_config() {
+    let scene = scene().await;
+    let v1 = scene.bed.image(TestVersion::V1).clone();
+    let name = target_name();
+    // Containers go before the networks they are attached to.
+    let (front, back) = (Network::create(), Network::create());
+    let _g = guards(&name);
+    let host_port = wharf_testbed::free_port().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut t = deploy_task(&scene.key, &name, &v1, None, http_health());
+    if let TaskPayload::Deploy(spec) = &mut t.payload {
+        spec.ports.push(wharf_protocol::PortMapping {
+            host: host_port,
+            container: wharf_testbed::images::APP_PORT,
+            protocol: wharf_protocol::PortProtocol::Tcp,
+            host_ip: Some("127.0.0.1".into()),
+        });
+        spec.volumes.push(wharf_protocol::VolumeMount {
+            source: data.path().display().to_string(),
+            dest: "/data".into(),
+            read_only: true,
+        });
+        spec.networks = vec![front.0.clone(), back.0.clone()];
+        spec.restart = wharf_protocol::RestartPolicy::OnFailure { max_retries: 2 };
+        spec.memory_bytes = Some(64 << 20);
+        spec.nano_cpus = Some(500_000_000);
+        spec.release = wharf_protocol::ReleaseInfo {
+            id: "rel-9".into(),
+            name: "shop".into(),
+            version: "9.0".into(),
+        };
+        // The image's own probe binary, run by exec.
+        spec.health.probe = HealthProbe::Exec {
+            cmd: vec!["/testapp".into(), "probe".into()],
+        };
+    }
+    let (r, _) = run(&scene.exec, t, Some(creds(&scene.bed, PASSWORD))).await;
+    assert_ok(&r);
+    let info = inspect(&name);
+    let host = &info["HostConfig"];
+    assert_eq!(host["Memory"], 64 << 20);
+    assert_eq!(host["NanoCpus"], 500_000_000);
+    assert_eq!(host["RestartPolicy"]["Name"], "on-failure");
+    assert_eq!(host["RestartPolicy"]["MaximumRetryCount"], 2);
+    assert_eq!(
+        host["Binds"][0],
+        format!("{}:/data:ro", data.path().display())
+    );
+    let networks = info["NetworkSettings"]["Networks"].as_object().unwrap();
+    assert!(
+        networks.contains_key(&front.0) && networks.contains_key(&back.0),
+        "{networks:?}"
+    );
+    let labels = &info["Config"]["Labels"];
+    assert_eq!(labels["wharf.release.id"], "rel-9");
+    assert_eq!(labels["wharf.release.name"], "shop");
+    assert_eq!(labels["wharf.release.version"], "9.0");
+    // The published port answers on the host.
+    let addr = format!("127.0.0.1:{host_port}");
+    let answer = tokio::task::spawn_blocking(move || wharf_testbed::http::get(&addr, "/version"))
+        .await
+        .unwrap()
+        .expect("GET /version on the published port");
+    assert_eq!(answer.text().trim(), "v1");
+
+    // Health-check tasks over TCP and exec, against the real container.
+    for probe in [
+        HealthProbe::Tcp {
+            port: wharf_testbed::images::APP_PORT,
+        },
+        HealthProbe::Exec {
+            cmd: vec!["/testapp".into(), "probe".into()],
+        },
+        HealthProbe::Exec {
+            cmd: vec!["/testapp".into(), "probe".into(), "/nope".into()],
+        },
+    ] {
+        let failing = matches!(&probe, HealthProbe::Exec { cmd } if cmd.len() == 3);
+        let health = HealthSpec {
+            probe,
+            retries: 1,
+            ..http_health()
+        };
+        let hc = TaskPayload::HealthCheck(wharf_protocol::HealthCheckSpec { health });
+        let (r, _) = run(&scene.exec, task(&name, hc), None).await;
+        assert_eq!(r.success, !failing, "{r:?}");
     }
 }
