@@ -6,7 +6,6 @@
 //! directory; processes are killed (SIGKILL) and directories removed on drop. Blocking
 //! (std processes); call from `spawn_blocking` in async code.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -15,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+
+use crate::core::CoreProcess;
 
 /// How long a process may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,7 +45,8 @@ impl Binaries {
 
     /// `WHARF_BIN_DIR` if set, else the programs built now by `cargo build` of this
     /// workspace (once per process; a no-op when they are up to date), `--release` when
-    /// this crate itself is an optimised build (benchmarks).
+    /// this crate itself is an optimised build (benchmarks), with the agent's
+    /// fault-injection points otherwise (inert unless `WHARF_FAULT_PAUSE_AT` is set).
     pub fn get() -> Result<Binaries> {
         static BUILT: OnceLock<std::result::Result<Binaries, String>> = OnceLock::new();
         if let Some(dir) = std::env::var_os("WHARF_BIN_DIR") {
@@ -59,44 +61,16 @@ impl Binaries {
 
 /// `cargo build` of the three programs; returns where cargo put them.
 fn build() -> Result<Binaries> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    // Under `cargo test` the package variables (CARGO_PKG_NAME...) are set; build scripts
-    // that watch them would rebuild for this build and again for the next plain one.
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if key.starts_with("CARGO_") && !matches!(key, "CARGO_HOME" | "CARGO_TARGET_DIR") {
-            cmd.env_remove(key);
-        }
+    let mut args = vec!["-p", "wharf-core", "--bin", "wharf-core", "--bin", "wharf"];
+    args.extend(["-p", "wharf-agent-docker", "--bin", "wharf-agent-docker"]);
+    // A benchmark (optimised build of this crate) measures optimised programs; tests
+    // (debug builds) get the agent's fault-injection points, as `cargo test` builds it.
+    if cfg!(debug_assertions) {
+        args.extend(["--features", "wharf-agent-docker/fault-injection"]);
+    } else {
+        args.push("--release");
     }
-    cmd.args(["build", "--locked", "--message-format=json"]);
-    // A benchmark (optimised build of this crate) measures optimised programs.
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
-    }
-    cmd.args(["-p", "wharf-core", "--bin", "wharf-core", "--bin", "wharf"])
-        .args(["-p", "wharf-agent-docker", "--bin", "wharf-agent-docker"])
-        .current_dir(&workspace)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit());
-    let out = cmd.output().context("cannot run cargo build")?;
-    if !out.status.success() {
-        bail!("cargo build of the Wharf programs failed ({})", out.status);
-    }
-    let mut found = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        if v["reason"] == "compiler-artifact" {
-            if let (Some(name), Some(exe)) =
-                (v["target"]["name"].as_str(), v["executable"].as_str())
-            {
-                found.insert(name.to_string(), PathBuf::from(exe));
-            }
-        }
-    }
+    let found = crate::core::cargo_build_all(&args)?;
     let take = |name: &str| {
         found
             .get(name)
@@ -257,84 +231,55 @@ impl Drop for Process {
     }
 }
 
-/// A running `wharf-core serve` with its own data dir and port.
+/// A running `wharf-core serve` with its own data dir and port, and the `wharf` CLI
+/// pointed at it.
 #[derive(Debug)]
 pub struct Core {
     /// The process.
-    pub process: Process,
+    pub process: CoreProcess,
     binaries: Binaries,
-    data_dir: PathBuf,
-    port: u16,
 }
 
 impl Core {
     /// Starts core on a free 127.0.0.1 port with `data_dir` (created if missing).
     pub fn start(binaries: &Binaries, data_dir: &Path) -> Result<Core> {
         std::fs::create_dir_all(data_dir)?;
-        let port = crate::free_port()?;
-        let process = Core::spawn(binaries, data_dir, port)?;
         Ok(Core {
-            process,
+            process: CoreProcess::start_with(&binaries.core, data_dir)?,
             binaries: binaries.clone(),
-            data_dir: data_dir.to_path_buf(),
-            port,
         })
-    }
-
-    fn spawn(binaries: &Binaries, data_dir: &Path, port: u16) -> Result<Process> {
-        let mut cmd = Command::new(&binaries.core);
-        cmd.args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")]);
-        scrub_env(&mut cmd);
-        let mut process = Process::spawn("core", &mut cmd)?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            process.check_running()?;
-            if data_dir.join("admin.token").exists()
-                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
-                return Ok(process);
-            }
-            if Instant::now() > deadline {
-                bail!("wharf-core did not come up within {START_TIMEOUT:?}");
-            }
-            std::thread::sleep(POLL);
-        }
     }
 
     /// kill -9 and start again on the same data dir and port.
     pub fn restart_after_kill9(&mut self) -> Result<()> {
-        self.process.kill9();
-        self.process = Core::spawn(&self.binaries, &self.data_dir, self.port)?;
-        Ok(())
+        self.process.kill9()?;
+        self.process.spawn()
     }
 
     /// `127.0.0.1:PORT`, the address agents dial.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.process.addr()
     }
 
     /// The operator API URL.
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}", self.process.addr())
     }
 
     /// Core's data dir.
     pub fn data_dir(&self) -> &Path {
-        &self.data_dir
+        &self.process.data
     }
 
     /// A `wharf` CLI command with `WHARF_URL`, `WHARF_TOKEN` (the admin token) and
     /// `WHARF_CA` set.
     pub fn cli(&self) -> Result<Command> {
-        let token = std::fs::read_to_string(self.data_dir.join("admin.token"))
-            .context("reading core's admin.token")?;
+        let token = self.process.admin_token()?;
         let mut cmd = Command::new(&self.binaries.cli);
         scrub_env(&mut cmd);
         cmd.env("WHARF_URL", self.url())
-            .env("WHARF_TOKEN", token.trim())
-            .env("WHARF_CA", self.data_dir.join("ca.pem"))
+            .env("WHARF_TOKEN", token)
+            .env("WHARF_CA", self.data_dir().join("ca.pem"))
             .stdin(Stdio::null());
         Ok(cmd)
     }

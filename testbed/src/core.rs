@@ -12,14 +12,15 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
-use std::io::{BufRead as _, BufReader};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::cluster::Process;
 use crate::simagent::CoreApi;
 
 /// How long core may take to come up.
@@ -36,6 +37,21 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 ///
 /// cargo fails or does not report the executable.
 pub fn cargo_build(package: &str, kind: &str, name: &str) -> Result<PathBuf> {
+    let kind = format!("--{kind}");
+    let built = cargo_build_all(&["-p", package, &kind, name])?;
+    built
+        .get(name)
+        .cloned()
+        .with_context(|| format!("cargo did not report the {name} executable"))
+}
+
+/// `cargo build --locked ARGS...` of this workspace (same environment rules as
+/// [`cargo_build`]); returns every executable cargo reported, by target name.
+///
+/// # Errors
+///
+/// cargo fails.
+pub fn cargo_build_all(args: &[&str]) -> Result<BTreeMap<String, PathBuf>> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -46,28 +62,28 @@ pub fn cargo_build(package: &str, kind: &str, name: &str) -> Result<PathBuf> {
         }
     }
     let out = cmd
-        .args([
-            "build",
-            "--locked",
-            "-p",
-            package,
-            &format!("--{kind}"),
-            name,
-        ])
+        .args(["build", "--locked"])
+        .args(args)
         .arg("--message-format=json")
         .current_dir(&workspace)
+        .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
         .context("cannot run cargo build")?;
     if !out.status.success() {
-        bail!("cargo build -p {package} --{kind} {name} failed");
+        bail!("cargo build {} failed ({})", args.join(" "), out.status);
     }
-    String::from_utf8_lossy(&out.stdout)
+    let mut found = BTreeMap::new();
+    for v in String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == name)
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .with_context(|| format!("cargo did not report the {name} executable"))
+        .filter(|v| v["reason"] == "compiler-artifact")
+    {
+        if let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str()) {
+            found.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    Ok(found)
 }
 
 /// The `wharf-core` binary: `WHARF_CORE_BIN` if set, else built once per process with
@@ -94,10 +110,11 @@ pub fn core_binary() -> Result<PathBuf> {
 }
 
 /// A `wharf-core serve` child on 127.0.0.1 with a fixed port and data dir; killed on
-/// drop. Its stdout is drained (so it never blocks), its stderr goes to the test's.
+/// drop. Its output is collected ([`CoreProcess::output`]).
 #[derive(Debug)]
 pub struct CoreProcess {
-    child: Option<Child>,
+    process: Option<Process>,
+    binary: PathBuf,
     /// The data dir.
     pub data: PathBuf,
     /// The TCP (HTTPS) and UDP (QUIC) port.
@@ -112,13 +129,31 @@ impl CoreProcess {
     ///
     /// The build failed, or core did not come up.
     pub fn start(data: &Path) -> Result<CoreProcess> {
+        CoreProcess::start_with(&core_binary()?, data)
+    }
+
+    /// [`CoreProcess::start`] with the given `wharf-core` binary.
+    ///
+    /// # Errors
+    ///
+    /// Core did not come up.
+    pub fn start_with(binary: &Path, data: &Path) -> Result<CoreProcess> {
         let mut core = CoreProcess {
-            child: None,
+            process: None,
+            binary: binary.to_path_buf(),
             data: data.to_path_buf(),
             port: crate::free_port()?,
         };
         core.spawn()?;
         Ok(core)
+    }
+
+    /// Every line core printed so far (stdout and stderr).
+    pub fn output(&self) -> Vec<String> {
+        self.process
+            .as_ref()
+            .map(Process::output)
+            .unwrap_or_default()
     }
 
     /// `127.0.0.1:PORT`.
@@ -128,7 +163,7 @@ impl CoreProcess {
 
     /// The child's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().and_then(Process::pid)
     }
 
     /// (Re)starts the process on the same port and data dir and waits until it is ready.
@@ -137,39 +172,23 @@ impl CoreProcess {
     ///
     /// Core cannot be started, exits at start, or does not come up in time.
     pub fn spawn(&mut self) -> Result<()> {
-        let mut cmd = Command::new(core_binary()?);
+        let mut cmd = Command::new(&self.binary);
         cmd.args(["serve", "--data-dir"])
             .arg(&self.data)
-            .args(["--listen", &self.addr()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .args(["--listen", &self.addr()]);
         for (key, _) in std::env::vars() {
             if key.starts_with("WHARF_") {
                 cmd.env_remove(key);
             }
         }
-        let mut child = cmd.spawn().context("cannot start wharf-core")?;
-        if let Some(stdout) = child.stdout.take() {
-            std::thread::spawn(
-                move || for _ in BufReader::new(stdout).lines().map_while(Result::ok) {},
-            );
-        }
-        self.child = Some(child);
-        self.wait_ready()
-    }
-
-    fn wait_ready(&mut self) -> Result<()> {
+        let mut process = Process::spawn("core", &mut cmd)?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!("wharf-core exited at start: {status}");
-                }
-            }
+            process.check_running()?;
             if self.data.join("admin.token").exists()
                 && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
             {
+                self.process = Some(process);
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -183,11 +202,10 @@ impl CoreProcess {
     ///
     /// # Errors
     ///
-    /// The signal or the wait failed.
+    /// None today; kept for callers that expect a result.
     pub fn kill9(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
+        if let Some(mut process) = self.process.take() {
+            process.kill9();
         }
         Ok(())
     }
@@ -219,14 +237,5 @@ impl CoreProcess {
     /// The token or CA cannot be read.
     pub fn api(&self) -> Result<CoreApi> {
         CoreApi::new(&self.addr(), &self.admin_token()?, &self.ca_pem()?)
-    }
-}
-
-impl Drop for CoreProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }

@@ -2,6 +2,7 @@
 //! Debian's `docker-registry` (one test binary; modules by area).
 
 mod cli;
+mod docker_agent;
 mod registry;
 mod simagent;
 mod testapp;

@@ -1,0 +1,153 @@
+//! `wharf-agent-docker`: the Wharf agent for bare Docker hosts (design §4, §7).
+//!
+//! ```text
+//! wharf-agent-docker --core HOST:7443 --state-dir DIR [--token T --ca-hash sha256:HEX]
+//!                    [--name N] [--docker-host URL] [--transport quic]
+//! ```
+//!
+//! Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 2 invalid input, 3 core refused
+//! the agent (enrollment refused, upgrade required), 1 otherwise. A lost or refused
+//! connection is not an exit: the agent reconnects with backoff, forever.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use wharf_agent_docker::docker::{BollardDocker, DockerExecutor, DockerExecutorConfig};
+use wharf_agent_docker::runtime::{AgentConfig, RuntimeError};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wharf-agent-docker",
+    version,
+    about = "Wharf Docker agent: takes deploy tasks from core and swaps containers by digest"
+)]
+struct Cli {
+    /// Core's agent address, HOST:PORT (QUIC on UDP, HTTPS on TCP).
+    #[arg(long, env = "WHARF_CORE", value_name = "HOST:PORT")]
+    core: String,
+    /// Where the agent keeps its identity (key, certificate), journal and stickers.
+    #[arg(long, env = "WHARF_STATE_DIR", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// One-time enrollment token (`wharf agent token create`); needed on the first start
+    /// only. Prefer the environment variable: arguments show in `ps`.
+    #[arg(long, env = "WHARF_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Fingerprint of core's CA (`sha256:HEX`, printed by core and by `wharf agent token
+    /// create`); enrollment refuses any other CA.
+    #[arg(long, env = "WHARF_CA_HASH", value_name = "sha256:HEX")]
+    ca_hash: Option<String>,
+    /// The agent's name at enrollment (default: the host name).
+    #[arg(long, env = "WHARF_AGENT_NAME")]
+    name: Option<String>,
+    /// The TLS name of core's certificate (default: the host part of --core).
+    #[arg(long, env = "WHARF_SERVER_NAME")]
+    server_name: Option<String>,
+    /// The Docker engine (default: DOCKER_HOST, else the local socket).
+    #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
+    docker_host: Option<String>,
+    /// How to reach core. Only `quic` exists so far; HTTPS polling (`poll`, `auto`)
+    /// comes with the polling transport.
+    #[arg(long, value_enum, default_value_t = Transport::Quic)]
+    transport: Transport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    Quic,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wharf-agent-docker: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Transport::Quic = cli.transport;
+    let name = match cli.name.clone() {
+        Some(name) => name,
+        None => host_name()
+            .context("cannot read the host name for the agent's name: give one with --name")?,
+    };
+    let mut config = AgentConfig::new(cli.core.clone(), cli.state_dir.clone(), name);
+    config.server_name = cli.server_name.clone();
+    match (cli.token.clone(), cli.ca_hash.clone()) {
+        (Some(token), Some(ca_hash)) => config = config.with_enrollment(token, ca_hash),
+        (Some(_), None) => {
+            return Err(RuntimeError::InvalidInput(
+                "--token needs --ca-hash sha256:HEX (the CA fingerprint core printed), so \
+                 that enrollment talks to your core and no other"
+                    .into(),
+            )
+            .into())
+        }
+        (None, Some(ca_hash)) => config.ca_hash = Some(ca_hash),
+        (None, None) => {}
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let docker = BollardDocker::connect(cli.docker_host.as_deref())
+            .await
+            .context("cannot reach the Docker engine (is it running, and may this user use its socket?)")?;
+        let executor = DockerExecutor::new(docker, DockerExecutorConfig::new(&cli.state_dir));
+        tracing::info!(core = %cli.core, state_dir = %cli.state_dir.display(), "wharf-agent-docker starting");
+        wharf_agent_docker::runtime::run(config, executor, shutdown_signal()).await?;
+        tracing::info!("wharf-agent-docker stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The kernel's host name.
+fn host_name() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    let name = name.trim();
+    anyhow::ensure!(!name.is_empty(), "the host name is empty");
+    Ok(name.to_string())
+}
+
+/// The exit codes of design §7 where they apply: 2 invalid input, 3 refused by core
+/// (enrollment refused, upgrade required), 1 otherwise.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    match err.downcast_ref::<RuntimeError>() {
+        Some(RuntimeError::InvalidInput(_)) => 2,
+        Some(RuntimeError::EnrollmentRefused(_) | RuntimeError::UpgradeRequired { .. }) => 3,
+        _ => 1,
+    }
+}
