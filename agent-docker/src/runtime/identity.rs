@@ -49,6 +49,9 @@ pub enum IdentityError {
         /// What went wrong and what to do.
         reason: String,
     },
+    /// The parts given to [`Identity::new`] do not make an identity.
+    #[error("not a usable agent identity: {0}")]
+    Invalid(String),
     /// The file exists but does not hold a usable identity.
     #[error(
         "identity file {path} is not usable: {reason}; move it away and enroll again with \
@@ -168,6 +171,24 @@ impl Drop for IdentityFile {
 const IDENTITY_VERSION: u32 = 1;
 
 impl Identity {
+    /// An identity from its parts (as an enrollment answer gives them), checked: key and
+    /// certificate belong together, the certificate names `agent_id`, the CA parses.
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError::Invalid`] naming what does not fit.
+    pub fn new(
+        name: String,
+        agent_id: Uuid,
+        key_pem: SecretString,
+        cert_pem: String,
+        ca_pem: String,
+        seal_key: Arc<AgentSealKey>,
+    ) -> Result<Identity, IdentityError> {
+        Identity::from_parts(name, agent_id, key_pem, cert_pem, ca_pem, seal_key)
+            .map_err(IdentityError::Invalid)
+    }
+
     /// Builds an identity from its parts, checking that key and certificate belong
     /// together and reading the certificate's validity.
     fn from_parts(

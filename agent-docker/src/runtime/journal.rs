@@ -25,6 +25,10 @@ use wharf_protocol::{AgentTask, TaskResult, Timestamp};
 /// The first byte of every encoded record: the record format.
 const RECORD_VERSION: u8 = 1;
 
+/// How long [`Journal::open`] waits for the journal's lock (held by a process still
+/// exiting, or by another agent on the same state dir).
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 /// Largest checkpoint an executor may write (a step name and a few ids, in practice).
 pub const MAX_CHECKPOINT: usize = 1024 * 1024;
 
@@ -196,11 +200,25 @@ impl Journal {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(storage)?;
+        // The lock of a journal just closed (this process) or of an agent still exiting
+        // can take a moment to go away: retry for a short while before giving up.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new()
+                .path(path)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(storage(e)),
+            }
+        };
         let tasks = db.open_tree("tasks").map_err(storage)?;
         let acked = db.open_tree("acked").map_err(storage)?;
         Ok(Journal {
@@ -472,29 +490,18 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wharf_protocol::{DeploySpec, DurationMs, Priority, SealedCredentials, TaskPayload};
+    use wharf_protocol::{DeploySpec, SealedCredentials, TaskPayload};
 
     fn task() -> AgentTask {
-        AgentTask {
-            id: Uuid::new_v4(),
-            target: "web".into(),
-            payload: TaskPayload::Deploy(DeploySpec::new(format!(
-                "127.0.0.1:5000/app@sha256:{}",
-                "a".repeat(64)
-            ))),
-            credentials: Some(SealedCredentials {
-                ephemeral_public: [7; 32],
-                nonce: [1; 12],
-                ciphertext: vec![9; 40],
-            }),
-            timeout: DurationMs::from_secs(60),
-            priority: Priority::Normal,
-            idempotency_key: None,
-            requested_by: "test".into(),
-            assigned_at: Timestamp::now(),
-            expires_at: None,
-            attempt: 1,
-        }
+        let image = format!("127.0.0.1:5000/app@sha256:{}", "a".repeat(64));
+        let mut t =
+            wharf_testbed::fake_core::task(TaskPayload::Deploy(DeploySpec::new(image)), "web");
+        t.credentials = Some(SealedCredentials {
+            ephemeral_public: [7; 32],
+            nonce: [1; 12],
+            ciphertext: vec![9; 40],
+        });
+        t
     }
 
     fn open(dir: &Path, keep_acked: usize) -> Journal {

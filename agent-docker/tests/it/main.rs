@@ -5,3 +5,5 @@
 //!   corners core never produces on its own, a scripted QUIC core.
 
 mod runtime;
+mod runtime_protocol;
+mod support;
