@@ -527,7 +527,14 @@ async fn task_stream<E: Executor>(
         }
         Wait::Execution(mut execution) => loop {
             tokio::select! {
-                r = &mut execution.result => break r.ok(),
+                r = &mut execution.result => {
+                    // Progress lines still queued go out before the result.
+                    while let (true, Ok(line)) = (stream_ok, execution.progress.try_recv()) {
+                        let progress = Message::Progress(Progress { task_id, step: line.step, line: line.line });
+                        stream_ok = write_frame(&mut send, &progress, max).await.is_ok();
+                    }
+                    break r.ok();
+                }
                 line = execution.progress.recv(), if stream_ok => {
                     if let Some(line) = line {
                         let progress = Message::Progress(Progress { task_id, step: line.step, line: line.line });

@@ -96,14 +96,26 @@ impl Bed {
         }
     }
 
-    /// The agent `name` as `GET /v1/agents` shows it.
-    async fn agent_state(&self, name: &str) -> String {
-        let agents = self.api.agents().await.unwrap();
-        let agent = agents
-            .iter()
-            .find(|a| a["name"] == name)
-            .unwrap_or_else(|| panic!("agent {name} listed: {agents:?}"));
-        agent["state"].as_str().unwrap().to_string()
+    /// Waits until agent `name` has `state` in `GET /v1/agents` (core opens the session
+    /// just after it sends `Welcome`).
+    async fn wait_agent_state(&self, name: &str, state: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let agents = self.api.agents().await.unwrap();
+            let now = agents
+                .iter()
+                .find(|a| a["name"] == name)
+                .and_then(|a| a["state"].as_str())
+                .map(str::to_string);
+            if now.as_deref() == Some(state) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "agent {name} is {now:?}, not {state}: {agents:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 }
 
@@ -214,7 +226,7 @@ async fn enrollment_pins_the_ca_and_a_restart_reuses_the_identity() {
     assert_eq!(mode & 0o777, 0o600, "identity file mode {mode:o}");
     let saved = Identity::load(&state).unwrap().unwrap();
     assert_eq!(saved.agent_id, agent_id);
-    assert_eq!(bed.agent_state("pin").await, "online");
+    bed.wait_agent_state("pin", "online").await;
     agent.stop().await.unwrap();
 
     // A restart without a token: the same identity, connected again.
@@ -487,7 +499,7 @@ async fn revocation_ends_the_session_and_the_agent_does_not_get_back_in() {
         .filter(|e| matches!(e, RuntimeEvent::Connected { .. }))
         .count();
     assert_eq!(sessions, 1, "never back in: {:?}", agent.events.seen);
-    assert_eq!(bed.agent_state("rev").await, "revoked");
+    bed.wait_agent_state("rev", "revoked").await;
     agent.stop().await.unwrap();
 }
 
