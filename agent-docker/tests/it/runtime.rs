@@ -651,3 +651,63 @@ async fn kill_9_of_the_agent_mid_task_resumes_it_from_its_last_checkpoint() {
     );
     drop(second);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_is_renewed_over_mtls_and_the_renewed_one_is_used() {
+    let bed = bed().await;
+    let root = tempfile::tempdir().unwrap();
+    let state = state_dir(&root, "s");
+    let mut agent = start_agent(bed.config("renew", &state).await, Script::new());
+    agent.connected().await;
+    agent.stop().await.unwrap();
+    let before = Identity::load(&state).unwrap().unwrap();
+
+    // Renewal due at once (less than 200 % of the lifetime left: always).
+    let mut config = fast(AgentConfig::new(bed.core.addr(), &state, "renew"));
+    config.renewal.renew_below = 2.0;
+    let mut agent = start_agent(config, Script::new());
+    let renewed = agent
+        .events
+        .wait("the renewal", |e| {
+            matches!(e, RuntimeEvent::CertificateRenewed { .. })
+        })
+        .await;
+    agent.stop().await.unwrap();
+    let after = Identity::load(&state).unwrap().unwrap();
+    assert_ne!(
+        after.cert_pem, before.cert_pem,
+        "a new certificate was saved"
+    );
+    assert_ne!(
+        after.key_pem.expose(),
+        before.key_pem.expose(),
+        "with a new key"
+    );
+    assert_eq!(after.agent_id, before.agent_id);
+    assert_eq!(after.seal_key.public(), before.seal_key.public());
+    assert_eq!(
+        renewed,
+        RuntimeEvent::CertificateRenewed {
+            not_after: after.not_after
+        }
+    );
+    assert!(after.not_after >= before.not_after);
+
+    // The next start connects with the renewed certificate (and renews nothing).
+    let mut agent = start_agent(
+        fast(AgentConfig::new(bed.core.addr(), &state, "renew")),
+        Script::new(),
+    );
+    agent.connected().await;
+    agent.events.drain();
+    assert!(
+        !agent
+            .events
+            .seen
+            .iter()
+            .any(|e| matches!(e, RuntimeEvent::CertificateRenewed { .. })),
+        "{:?}",
+        agent.events.seen
+    );
+    agent.stop().await.unwrap();
+}
