@@ -208,6 +208,7 @@ async fn enrollment_pins_the_ca_and_a_restart_reuses_the_identity() {
         "no journal after a refused pin"
     );
 
+    let good_token = good.token.clone().unwrap();
     // The right pin: enrolled, identity saved 0600, connected.
     let mut agent = start_agent(good, Script::new());
     let enrolled = agent
@@ -243,6 +244,15 @@ async fn enrollment_pins_the_ca_and_a_restart_reuses_the_identity() {
     assert_eq!(loaded, RuntimeEvent::IdentityLoaded { agent_id });
     again.connected().await;
     again.stop().await.unwrap();
+
+    // What the runtime logged names neither the token nor a key.
+    let logs = crate::support::captured_logs();
+    assert!(logs.contains("enrolled"), "logs are captured: {logs}");
+    assert!(
+        !logs.contains(good_token.expose()),
+        "the token is in the log"
+    );
+    assert!(!logs.contains("PRIVATE KEY"), "a private key is in the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,7 +279,41 @@ pub struct Agent {
     pub events: Events,
 }
 
+/// Everything the runtime logged in this test process (all tests), from the first
+/// [`start_agent`] on, at every level.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// A writer into [`LOGS`].
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("wharf_agent_docker=trace")
+            .with_writer(|| LogSink)
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
 pub fn start_agent(config: AgentConfig, executor: Script) -> Agent {
+    capture_logs();
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = tokio::spawn(runtime::run(config.with_events(tx), executor, async move {
