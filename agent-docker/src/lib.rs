@@ -3,8 +3,9 @@
 //!
 //! - [`plan`]: the Docker deploy step plan as a pure state machine, with crash
 //!   recovery (`DeployPlan::resume`), unit-tested without Docker.
-//! - [`runtime`]: enrollment, the session with core, the journal, the per-target lock;
-//!   executors plug in through [`runtime::Executor`].
+//! - [`runtime`]: enrollment, the session with core, the journal, the per-target lock,
+//!   crash recovery; [`runtime::run`] is the agent's entry point, executors plug in
+//!   through [`runtime::Executor`].
 #![warn(missing_docs)]
 
 pub mod plan;
