@@ -155,6 +155,8 @@ pub struct Journal {
     tasks: sled::Tree,
     /// `ack sequence (u64 BE)` → `(task_id, attempt)`: acknowledged records, oldest first.
     acked: sled::Tree,
+    /// `(task_id, attempt)` of the finished records core has not acknowledged.
+    pending: sled::Tree,
     /// One writer at a time: write + `flush_async` happen under it.
     write: tokio::sync::Mutex<()>,
     config: JournalConfig,
@@ -221,11 +223,13 @@ impl Journal {
         };
         let tasks = db.open_tree("tasks").map_err(storage)?;
         let acked = db.open_tree("acked").map_err(storage)?;
+        let pending = db.open_tree("pending").map_err(storage)?;
         Ok(Journal {
             path: path.to_path_buf(),
             db,
             tasks,
             acked,
+            pending,
             write: tokio::sync::Mutex::new(()),
             config,
         })
@@ -373,13 +377,18 @@ impl Journal {
         attempt: u32,
         result: TaskResult,
     ) -> Result<TaskResult, JournalError> {
-        let record = self
-            .update(task_id, attempt, |r| {
-                if !r.is_finished() {
-                    r.state = JournalState::Finished { result };
-                }
-            })
-            .await?;
+        let _w = self.write.lock().await;
+        let mut record = self
+            .read(task_id, attempt)?
+            .ok_or(JournalError::Missing { task_id, attempt })?;
+        if !record.is_finished() {
+            record.state = JournalState::Finished { result };
+            self.put(&record)?;
+            self.pending
+                .insert(key(task_id, attempt), &[])
+                .map_err(|e| self.storage(e))?;
+            self.flush().await?;
+        }
         record
             .result()
             .cloned()
@@ -406,6 +415,9 @@ impl Journal {
         self.put(&record)?;
         self.acked
             .insert(seq.to_be_bytes(), &key(task_id, attempt))
+            .map_err(|e| self.storage(e))?;
+        self.pending
+            .remove(key(task_id, attempt))
             .map_err(|e| self.storage(e))?;
         self.prune(Timestamp::now())?;
         self.flush().await
@@ -459,14 +471,20 @@ impl Journal {
     ///
     /// # Errors
     ///
-    /// As [`Journal::records`].
+    /// Storage failure or a record that does not decode.
     pub fn pending_results(&self) -> Result<Vec<TaskResult>, JournalError> {
-        let mut out: Vec<TaskResult> = self
-            .records()?
-            .into_iter()
-            .filter(|r| !r.acked)
-            .filter_map(|r| r.result().cloned())
-            .collect();
+        let mut out = Vec::new();
+        for entry in self.pending.iter() {
+            let (k, _) = entry.map_err(|e| self.storage(e))?;
+            let Some((task_id, attempt)) = split_key(&k) else {
+                continue;
+            };
+            if let Some(record) = self.read(task_id, attempt)? {
+                if !record.acked {
+                    out.extend(record.result().cloned());
+                }
+            }
+        }
         out.sort_by_key(|r| (r.completed_at, r.task_id, r.attempt));
         Ok(out)
     }
