@@ -23,6 +23,7 @@ struct Scripted {
     script: Script,
     session: FakeSession,
     agent_id: Uuid,
+    config: AgentConfig,
     _root: tempfile::TempDir,
 }
 
@@ -45,7 +46,7 @@ async fn scripted(name: &str) -> Scripted {
     let mut config = fast(AgentConfig::new(core.core_addr(), root.path(), name));
     config.server_name = Some("localhost".into());
     let script = Script::new();
-    let mut agent = start_agent(config, script.clone());
+    let mut agent = start_agent(config.clone(), script.clone());
     let mut session = core.accept().await.unwrap();
     session.welcome(HEARTBEAT).await.unwrap();
     agent.connected().await;
@@ -55,6 +56,7 @@ async fn scripted(name: &str) -> Scripted {
         script,
         session,
         agent_id: identity.agent_id,
+        config,
         _root: root,
     }
 }
@@ -256,4 +258,72 @@ async fn a_result_core_never_acknowledges_is_dropped_after_three_hellos() {
         session.welcome(HEARTBEAT).await.unwrap();
     }
     assert_eq!(s.script.executions_of(t.id), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_running_tasks_from_their_checkpoint_and_received_ones_from_none() {
+    let s = scripted("restart").await;
+    s.script.hold("web");
+    let (running, waiting) = (task("web"), task("web"));
+    let mut a = s.session.assign(&running).await.unwrap();
+    a.expect_accepted(&running).await.unwrap();
+    s.script.wait_started(running.id).await;
+    // Journaled and accepted, waiting for the target's lock.
+    let mut b = s.session.assign(&waiting).await.unwrap();
+    b.expect_accepted(&waiting).await.unwrap();
+    // Stop while both are unfinished: the running one outlasts the shutdown grace.
+    s.agent.stop().await.unwrap();
+    assert_eq!(s.script.executions_of(waiting.id), 0);
+
+    let mut agent = start_agent(s.config.clone(), s.script.clone());
+    for id in [running.id, waiting.id] {
+        agent
+            .events
+            .wait(
+                "the resumed result",
+                |e| matches!(e, RuntimeEvent::Finished { task_id, .. } if *task_id == id),
+            )
+            .await;
+    }
+    let calls = s.script.calls();
+    assert!(
+        calls.contains(&Call::Resume {
+            task_id: running.id,
+            checkpoint: Some(b"started".to_vec())
+        }),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&Call::Resume {
+            task_id: waiting.id,
+            checkpoint: None
+        }),
+        "{calls:?}"
+    );
+    assert_eq!(
+        s.script.executions_of(waiting.id),
+        0,
+        "resumed, not executed"
+    );
+    assert_eq!(s.script.executions_of(running.id), 1);
+    // Both results reach core through Hello.
+    let mut delivered = std::collections::HashSet::new();
+    while delivered.len() < 2 {
+        let mut session = s.core.accept().await.unwrap();
+        session.welcome(HEARTBEAT).await.unwrap();
+        for r in session.hello.pending_results.clone() {
+            assert_eq!(
+                r.outputs.get("resumed_from").map(String::as_str),
+                Some(if r.task_id == running.id {
+                    "started"
+                } else {
+                    "none"
+                })
+            );
+            session.ack(r.task_id, r.attempt).await.unwrap();
+            delivered.insert(r.task_id);
+        }
+    }
+    assert_eq!(delivered, [running.id, waiting.id].into_iter().collect());
+    agent.stop().await.unwrap();
 }
