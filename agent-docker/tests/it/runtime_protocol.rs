@@ -327,3 +327,47 @@ async fn a_restart_resumes_running_tasks_from_their_checkpoint_and_received_ones
     assert_eq!(delivered, [running.id, waiting.id].into_iter().collect());
     agent.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reject_other_than_upgrade_required_is_retried() {
+    let mut s = scripted("busy").await;
+    // Core ends this session; at the next connection it rejects, then accepts.
+    s.session.conn.close(quinn::VarInt::from_u32(0), b"test");
+    let mut rejected = s.core.accept().await.unwrap();
+    let reject = Message::Reject(wharf_protocol::Reject {
+        reason: "core is starting".into(),
+    });
+    wharf_protocol::write_frame(
+        &mut rejected.send,
+        &reject,
+        wharf_protocol::DEFAULT_MAX_FRAME,
+    )
+    .await
+    .unwrap();
+    let failed = s
+        .agent
+        .events
+        .wait("the rejected attempt", |e| {
+            matches!(e, RuntimeEvent::ConnectFailed { .. })
+        })
+        .await;
+    assert_eq!(
+        failed,
+        RuntimeEvent::ConnectFailed {
+            error: "core rejected the session: core is starting".into()
+        }
+    );
+    let mut next = s.core.accept().await.unwrap();
+    next.welcome(HEARTBEAT).await.unwrap();
+    let connected = s
+        .agent
+        .events
+        .wait_new("the next session", |e| {
+            matches!(e, RuntimeEvent::Connected { .. })
+        })
+        .await;
+    assert!(
+        matches!(connected, RuntimeEvent::Connected { session: 2, .. }),
+        "{connected:?}"
+    );
+}
