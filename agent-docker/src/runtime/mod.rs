@@ -203,6 +203,13 @@ async fn obtain_identity<E: Executor>(
             Err(error @ EnrollError::Invalid(_)) => {
                 return Err(RuntimeError::InvalidInput(error.to_string()))
             }
+            Err(error @ EnrollError::Refused { .. }) => {
+                return Err(RuntimeError::EnrollmentRefused(format!(
+                    "{error}; a token works once and expires: create a new one with `wharf \
+                     agent token create --name {}` and start the agent with it",
+                    config.name
+                )))
+            }
             Err(error) => return Err(RuntimeError::EnrollmentRefused(error.to_string())),
         }
     }

@@ -230,6 +230,24 @@ async fn enrollment_pins_the_ca_and_a_restart_reuses_the_identity() {
     bed.wait_agent_state("pin", "online").await;
     agent.stop().await.unwrap();
 
+    // The token is spent: another enrollment with it is refused, saying what to do.
+    let reuse = fast(AgentConfig::new(
+        bed.core.addr(),
+        state_dir(&root, "other"),
+        "pin",
+    ))
+    .with_enrollment(good_token.expose(), real_hash.clone());
+    let err = start_agent(reuse, Script::new())
+        .finished()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::EnrollmentRefused(_)), "{err}");
+    assert!(
+        err.to_string().contains("wharf agent token create"),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), 3);
+
     // A restart without a token: the same identity, connected again.
     let mut again = start_agent(
         fast(AgentConfig::new(bed.core.addr(), &state, "pin")),
