@@ -31,8 +31,8 @@ use wharf_core::pki::{
 };
 use wharf_protocol::seal::AgentSealKey;
 use wharf_protocol::{
-    read_frame, write_frame, AgentTask, DurationMs, Hello, Limits, Message, ResultAck, TaskResult,
-    Timestamp, Welcome, DEFAULT_MAX_FRAME,
+    read_frame, write_frame, AgentTask, DurationMs, Hello, Limits, Message, Priority, ResultAck,
+    TaskPayload, TaskResult, Timestamp, Welcome, DEFAULT_MAX_FRAME,
 };
 
 use crate::simagent::Enrolled;
@@ -41,6 +41,24 @@ use crate::simagent::Enrolled;
 pub const FAKE_CORE_WAIT: Duration = Duration::from_secs(20);
 
 const MAX: u32 = DEFAULT_MAX_FRAME;
+
+/// A task as core would assign it: a fresh id, attempt 1, 60 s timeout, normal priority,
+/// no credentials, no expiry, requested by `test`.
+pub fn task(payload: TaskPayload, target: &str) -> AgentTask {
+    AgentTask {
+        id: Uuid::new_v4(),
+        target: target.into(),
+        payload,
+        credentials: None,
+        timeout: DurationMs::from_secs(60),
+        priority: Priority::Normal,
+        idempotency_key: None,
+        requested_by: "test".into(),
+        assigned_at: Timestamp::now(),
+        expires_at: None,
+        attempt: 1,
+    }
+}
 
 /// An agent identity issued by a [`FakeCore`]'s CA, as enrollment would give it.
 #[derive(Debug, Clone)]

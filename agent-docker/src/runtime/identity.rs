@@ -49,6 +49,9 @@ pub enum IdentityError {
         /// What went wrong and what to do.
         reason: String,
     },
+    /// The parts given to [`Identity::new`] do not make an identity.
+    #[error("not a usable agent identity: {0}")]
+    Invalid(String),
     /// The file exists but does not hold a usable identity.
     #[error(
         "identity file {path} is not usable: {reason}; move it away and enroll again with \
@@ -168,6 +171,24 @@ impl Drop for IdentityFile {
 const IDENTITY_VERSION: u32 = 1;
 
 impl Identity {
+    /// An identity from its parts (as an enrollment answer gives them), checked: key and
+    /// certificate belong together, the certificate names `agent_id`, the CA parses.
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError::Invalid`] naming what does not fit.
+    pub fn new(
+        name: String,
+        agent_id: Uuid,
+        key_pem: SecretString,
+        cert_pem: String,
+        ca_pem: String,
+        seal_key: Arc<AgentSealKey>,
+    ) -> Result<Identity, IdentityError> {
+        Identity::from_parts(name, agent_id, key_pem, cert_pem, ca_pem, seal_key)
+            .map_err(IdentityError::Invalid)
+    }
+
     /// Builds an identity from its parts, checking that key and certificate belong
     /// together and reading the certificate's validity.
     fn from_parts(
@@ -416,16 +437,18 @@ pub struct EnrollInput<'a> {
     pub capabilities: Vec<String>,
 }
 
-/// The `https://` base URL for `core_addr` and the server name to verify.
-fn base_url(core_addr: &str, server_name: Option<&str>) -> Result<(String, String), String> {
+/// The server name to verify for `core_addr` (`HOST:PORT`): `server_name`, else the host.
+pub(crate) fn server_name_for(
+    core_addr: &str,
+    server_name: Option<&str>,
+) -> Result<String, String> {
     let (host, port) = core_addr
         .rsplit_once(':')
         .ok_or_else(|| format!("core address {core_addr:?} is not HOST:PORT"))?;
     port.parse::<u16>()
         .map_err(|_| format!("core address {core_addr:?}: {port:?} is not a port number"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let name = server_name.unwrap_or(host).to_string();
-    Ok((format!("https://{core_addr}"), name))
+    Ok(server_name.unwrap_or(host).to_string())
 }
 
 /// A reqwest client over `tls` that connects to `core_addr` but verifies `server_name`.
@@ -516,8 +539,8 @@ pub async fn enroll(input: EnrollInput<'_>) -> Result<Identity, EnrollError> {
         .ca_hash
         .parse()
         .map_err(|e: PkiError| EnrollError::Invalid(format!("--ca-hash: {e}")))?;
-    let (_, server_name) =
-        base_url(input.core_addr, input.server_name).map_err(EnrollError::Invalid)?;
+    let server_name =
+        server_name_for(input.core_addr, input.server_name).map_err(EnrollError::Invalid)?;
     let (key_pem, csr_pem) = generate_agent_key_and_csr(input.name)
         .map_err(|e| EnrollError::Invalid(format!("agent name {:?}: {e}", input.name)))?;
     let seal_key =
@@ -571,7 +594,7 @@ pub async fn renew(
     struct RenewRequest {
         csr_pem: String,
     }
-    let (_, name) = base_url(core_addr, server_name).map_err(EnrollError::Invalid)?;
+    let name = server_name_for(core_addr, server_name).map_err(EnrollError::Invalid)?;
     let tls = current
         .client_config(&[ALPN_HTTP11])
         .map_err(|e| EnrollError::Invalid(e.to_string()))?;
@@ -608,15 +631,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base_url_checks_the_address() {
+    fn the_server_name_comes_from_the_address() {
         assert_eq!(
-            base_url("core.example:7443", None).unwrap(),
-            ("https://core.example:7443".into(), "core.example".into())
+            server_name_for("core.example:7443", None).unwrap(),
+            "core.example"
         );
-        assert_eq!(base_url("[::1]:7443", None).unwrap().1, "::1");
-        assert_eq!(base_url("10.0.0.1:7443", Some("core")).unwrap().1, "core");
-        assert!(base_url("core.example", None).is_err());
-        assert!(base_url("core:http", None).is_err());
+        assert_eq!(server_name_for("[::1]:7443", None).unwrap(), "::1");
+        assert_eq!(
+            server_name_for("10.0.0.1:7443", Some("core")).unwrap(),
+            "core"
+        );
+        assert!(server_name_for("core.example", None).is_err());
+        assert!(server_name_for("core:http", None).is_err());
     }
 
     #[tokio::test]

@@ -25,6 +25,10 @@ use wharf_protocol::{AgentTask, TaskResult, Timestamp};
 /// The first byte of every encoded record: the record format.
 const RECORD_VERSION: u8 = 1;
 
+/// How long [`Journal::open`] waits for the journal's lock (held by a process still
+/// exiting, or by another agent on the same state dir).
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 /// Largest checkpoint an executor may write (a step name and a few ids, in practice).
 pub const MAX_CHECKPOINT: usize = 1024 * 1024;
 
@@ -151,6 +155,8 @@ pub struct Journal {
     tasks: sled::Tree,
     /// `ack sequence (u64 BE)` → `(task_id, attempt)`: acknowledged records, oldest first.
     acked: sled::Tree,
+    /// `(task_id, attempt)` of the finished records core has not acknowledged.
+    pending: sled::Tree,
     /// One writer at a time: write + `flush_async` happen under it.
     write: tokio::sync::Mutex<()>,
     config: JournalConfig,
@@ -196,18 +202,34 @@ impl Journal {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(storage)?;
+        // The lock of a journal just closed (this process) or of an agent still exiting
+        // can take a moment to go away: retry for a short while before giving up.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new()
+                .path(path)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(storage(e)),
+            }
+        };
         let tasks = db.open_tree("tasks").map_err(storage)?;
         let acked = db.open_tree("acked").map_err(storage)?;
+        let pending = db.open_tree("pending").map_err(storage)?;
         Ok(Journal {
             path: path.to_path_buf(),
             db,
             tasks,
             acked,
+            pending,
             write: tokio::sync::Mutex::new(()),
             config,
         })
@@ -355,13 +377,18 @@ impl Journal {
         attempt: u32,
         result: TaskResult,
     ) -> Result<TaskResult, JournalError> {
-        let record = self
-            .update(task_id, attempt, |r| {
-                if !r.is_finished() {
-                    r.state = JournalState::Finished { result };
-                }
-            })
-            .await?;
+        let _w = self.write.lock().await;
+        let mut record = self
+            .read(task_id, attempt)?
+            .ok_or(JournalError::Missing { task_id, attempt })?;
+        if !record.is_finished() {
+            record.state = JournalState::Finished { result };
+            self.put(&record)?;
+            self.pending
+                .insert(key(task_id, attempt), &[])
+                .map_err(|e| self.storage(e))?;
+            self.flush().await?;
+        }
         record
             .result()
             .cloned()
@@ -388,6 +415,9 @@ impl Journal {
         self.put(&record)?;
         self.acked
             .insert(seq.to_be_bytes(), &key(task_id, attempt))
+            .map_err(|e| self.storage(e))?;
+        self.pending
+            .remove(key(task_id, attempt))
             .map_err(|e| self.storage(e))?;
         self.prune(Timestamp::now())?;
         self.flush().await
@@ -441,14 +471,20 @@ impl Journal {
     ///
     /// # Errors
     ///
-    /// As [`Journal::records`].
+    /// Storage failure or a record that does not decode.
     pub fn pending_results(&self) -> Result<Vec<TaskResult>, JournalError> {
-        let mut out: Vec<TaskResult> = self
-            .records()?
-            .into_iter()
-            .filter(|r| !r.acked)
-            .filter_map(|r| r.result().cloned())
-            .collect();
+        let mut out = Vec::new();
+        for entry in self.pending.iter() {
+            let (k, _) = entry.map_err(|e| self.storage(e))?;
+            let Some((task_id, attempt)) = split_key(&k) else {
+                continue;
+            };
+            if let Some(record) = self.read(task_id, attempt)? {
+                if !record.acked {
+                    out.extend(record.result().cloned());
+                }
+            }
+        }
         out.sort_by_key(|r| (r.completed_at, r.task_id, r.attempt));
         Ok(out)
     }
@@ -472,29 +508,18 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wharf_protocol::{DeploySpec, DurationMs, Priority, SealedCredentials, TaskPayload};
+    use wharf_protocol::{DeploySpec, SealedCredentials, TaskPayload};
 
     fn task() -> AgentTask {
-        AgentTask {
-            id: Uuid::new_v4(),
-            target: "web".into(),
-            payload: TaskPayload::Deploy(DeploySpec::new(format!(
-                "127.0.0.1:5000/app@sha256:{}",
-                "a".repeat(64)
-            ))),
-            credentials: Some(SealedCredentials {
-                ephemeral_public: [7; 32],
-                nonce: [1; 12],
-                ciphertext: vec![9; 40],
-            }),
-            timeout: DurationMs::from_secs(60),
-            priority: Priority::Normal,
-            idempotency_key: None,
-            requested_by: "test".into(),
-            assigned_at: Timestamp::now(),
-            expires_at: None,
-            attempt: 1,
-        }
+        let image = format!("127.0.0.1:5000/app@sha256:{}", "a".repeat(64));
+        let mut t =
+            wharf_testbed::fake_core::task(TaskPayload::Deploy(DeploySpec::new(image)), "web");
+        t.credentials = Some(SealedCredentials {
+            ephemeral_public: [7; 32],
+            nonce: [1; 12],
+            ciphertext: vec![9; 40],
+        });
+        t
     }
 
     fn open(dir: &Path, keep_acked: usize) -> Journal {

@@ -13,7 +13,7 @@
 //! 3. **Crash recovery**: every journaled task not finished is handed to
 //!    [`Executor::resume`] with its last checkpoint (under its target's lock); its result
 //!    is journaled and reported like any other.
-//! 4. **Session** ([`session`]): QUIC with mutual TLS (ALPN `wharf/1`), `Hello` with the
+//! 4. **Session** (`session.rs`): QUIC with mutual TLS (ALPN `wharf/1`), `Hello` with the
 //!    unacknowledged results, heartbeats, task streams. A re-sent `(task, attempt)` is
 //!    answered from the journal, an expired task is refused (`expired`) without running,
 //!    a new one is journaled, `Accepted`, its credentials opened in memory, and run under
@@ -202,6 +202,13 @@ async fn obtain_identity<E: Executor>(
             }
             Err(error @ EnrollError::Invalid(_)) => {
                 return Err(RuntimeError::InvalidInput(error.to_string()))
+            }
+            Err(error @ EnrollError::Refused { .. }) => {
+                return Err(RuntimeError::EnrollmentRefused(format!(
+                    "{error}; a token works once and expires: create a new one with `wharf \
+                     agent token create --name {}` and start the agent with it",
+                    config.name
+                )))
             }
             Err(error) => return Err(RuntimeError::EnrollmentRefused(error.to_string())),
         }

@@ -23,7 +23,7 @@ use wharf_protocol::{
 
 use super::config::RuntimeEvent;
 use super::executor::Executor;
-use super::identity::error_chain;
+use super::identity::{error_chain, server_name_for};
 use super::journal::Admission;
 use super::stopping;
 use super::tasks::{start_execution, Shared, TaskKey};
@@ -104,11 +104,8 @@ async fn resolve(
         .map_err(|e| ConnectError::Setup(format!("cannot resolve {core_addr}: {e}")))?
         .next()
         .ok_or_else(|| ConnectError::Setup(format!("{core_addr} resolves to no address")))?;
-    let host = match core_addr.rsplit_once(':') {
-        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
-        None => core_addr,
-    };
-    Ok((addr, server_name.unwrap_or(host).to_string()))
+    let name = server_name_for(core_addr, server_name).map_err(ConnectError::Setup)?;
+    Ok((addr, name))
 }
 
 /// The capabilities announced in `Hello`: the executor's plus sealed credentials.
@@ -527,7 +524,14 @@ async fn task_stream<E: Executor>(
         }
         Wait::Execution(mut execution) => loop {
             tokio::select! {
-                r = &mut execution.result => break r.ok(),
+                r = &mut execution.result => {
+                    // Progress lines still queued go out before the result.
+                    while let (true, Ok(line)) = (stream_ok, execution.progress.try_recv()) {
+                        let progress = Message::Progress(Progress { task_id, step: line.step, line: line.line });
+                        stream_ok = write_frame(&mut send, &progress, max).await.is_ok();
+                    }
+                    break r.ok();
+                }
                 line = execution.progress.recv(), if stream_ok => {
                     if let Some(line) = line {
                         let progress = Message::Progress(Progress { task_id, step: line.step, line: line.line });

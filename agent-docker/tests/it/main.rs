@@ -7,3 +7,5 @@
 
 mod docker;
 mod runtime;
+mod runtime_protocol;
+mod support;

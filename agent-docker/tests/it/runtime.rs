@@ -1,211 +1,18 @@
 //! The agent runtime (`wharf_agent_docker::runtime`) against a real `wharf-core serve`
 //! child process and a scripted test executor.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
-use wharf_agent_docker::runtime::{
-    self, AgentConfig, Backoff, Executor, Identity, RuntimeError, RuntimeEvent, TaskContext,
-};
+use wharf_agent_docker::runtime::{self, AgentConfig, Identity, RuntimeError, RuntimeEvent};
 use wharf_core::engine::{SubmitRequest, TaskView};
 use wharf_core::queue::TaskState;
-use wharf_protocol::{
-    AgentTask, DeploySpec, DurationMs, ErrorType, Priority, TaskPayload, TaskResult, Timestamp,
-};
+use wharf_protocol::{DeploySpec, DurationMs, ErrorType, Priority, TaskPayload};
 use wharf_testbed::core::CoreProcess;
 use wharf_testbed::simagent::CoreApi;
 
-/// How long any awaited condition may take.
-const WAIT: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------------------------------
-// A scripted executor.
-// ---------------------------------------------------------------------------------------
-
-/// What the scripted executor was asked to do, in order.
-#[derive(Debug, Clone, PartialEq)]
-enum Call {
-    /// `execute` began.
-    Execute {
-        task_id: Uuid,
-        target: String,
-        /// The user name of the opened registry credentials.
-        registry_user: Option<String>,
-    },
-    /// `resume` began.
-    Resume {
-        task_id: Uuid,
-        checkpoint: Option<Vec<u8>>,
-    },
-    /// The task saw its cancel signal.
-    Cancelled { task_id: Uuid },
-    /// `execute` returned.
-    Done { task_id: Uuid },
-}
-
-struct ScriptState {
-    calls: Vec<Call>,
-    /// Targets whose tasks block until released.
-    held: HashSet<String>,
-    /// Tasks of these targets fail.
-    failing: HashSet<String>,
-}
-
-/// A test executor: records calls, blocks tasks of held targets until released, fails
-/// tasks of failing targets, honours cancel.
-#[derive(Clone)]
-struct Script {
-    state: Arc<Mutex<ScriptState>>,
-    changed: Arc<watch::Sender<u64>>,
-}
-
-impl Script {
-    fn new() -> Script {
-        Script {
-            state: Arc::new(Mutex::new(ScriptState {
-                calls: Vec::new(),
-                held: HashSet::new(),
-                failing: HashSet::new(),
-            })),
-            changed: Arc::new(watch::channel(0).0),
-        }
-    }
-
-    fn update(&self, f: impl FnOnce(&mut ScriptState)) {
-        f(&mut self.state.lock().unwrap());
-        self.changed.send_modify(|n| *n += 1);
-    }
-
-    fn record(&self, call: Call) {
-        self.update(|s| s.calls.push(call));
-    }
-
-    fn hold(&self, target: &str) {
-        self.update(|s| {
-            s.held.insert(target.to_string());
-        });
-    }
-
-    fn release(&self, target: &str) {
-        self.update(|s| {
-            s.held.remove(target);
-        });
-    }
-
-    fn fail(&self, target: &str) {
-        self.update(|s| {
-            s.failing.insert(target.to_string());
-        });
-    }
-
-    fn calls(&self) -> Vec<Call> {
-        self.state.lock().unwrap().calls.clone()
-    }
-
-    fn executions_of(&self, id: Uuid) -> usize {
-        self.calls()
-            .iter()
-            .filter(|c| matches!(c, Call::Execute { task_id, .. } if *task_id == id))
-            .count()
-    }
-
-    /// Waits until `condition` holds for the calls.
-    async fn wait_for(&self, what: &str, condition: impl Fn(&[Call]) -> bool) -> Vec<Call> {
-        let mut rx = self.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let calls = self.calls();
-            if condition(&calls) {
-                return calls;
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                panic!("executor: {what} did not happen within {WAIT:?}; calls: {calls:?}");
-            }
-        }
-    }
-
-    async fn wait_started(&self, id: Uuid) {
-        self.wait_for(&format!("start of {id}"), |calls| {
-            calls
-                .iter()
-                .any(|c| matches!(c, Call::Execute { task_id, .. } if *task_id == id))
-        })
-        .await;
-    }
-}
-
-impl Executor for Script {
-    fn capabilities(&self) -> Vec<String> {
-        vec!["docker".into(), "scripted".into()]
-    }
-
-    async fn execute(&self, task: AgentTask, ctx: TaskContext) -> TaskResult {
-        let started = Timestamp::now();
-        self.record(Call::Execute {
-            task_id: task.id,
-            target: task.target.clone(),
-            registry_user: ctx.credentials().map(|c| c.username.clone()),
-        });
-        if let Err(e) = ctx.checkpoint(b"started".to_vec()).await {
-            return TaskResult::failure(task.id, task.attempt, started, ErrorType::Internal, e.0);
-        }
-        ctx.progress("scripted", "working");
-        let mut rx = self.changed.subscribe();
-        while self.state.lock().unwrap().held.contains(&task.target) {
-            tokio::select! {
-                _ = rx.changed() => {}
-                () = ctx.cancelled() => {
-                    self.record(Call::Cancelled { task_id: task.id });
-                    let mut r = TaskResult::failure(task.id, task.attempt, started, ErrorType::Cancelled, "cancelled");
-                    r.rolled_back = true;
-                    return r;
-                }
-            }
-        }
-        if let Err(e) = ctx.checkpoint(b"finishing".to_vec()).await {
-            return TaskResult::failure(task.id, task.attempt, started, ErrorType::Internal, e.0);
-        }
-        self.record(Call::Done { task_id: task.id });
-        if self.state.lock().unwrap().failing.contains(&task.target) {
-            return TaskResult::failure(
-                task.id,
-                task.attempt,
-                started,
-                ErrorType::HealthFailed,
-                "scripted failure",
-            );
-        }
-        let mut r = TaskResult::success(task.id, task.attempt, started);
-        r.outputs.insert("executor".into(), "scripted".into());
-        r
-    }
-
-    async fn resume(
-        &self,
-        task: AgentTask,
-        checkpoint: Option<Vec<u8>>,
-        _ctx: TaskContext,
-    ) -> TaskResult {
-        self.record(Call::Resume {
-            task_id: task.id,
-            checkpoint: checkpoint.clone(),
-        });
-        let mut r = TaskResult::success(task.id, task.attempt, Timestamp::now());
-        r.outputs.insert(
-            "resumed_from".into(),
-            String::from_utf8_lossy(checkpoint.as_deref().unwrap_or(b"none")).into_owned(),
-        );
-        r
-    }
-}
+use crate::support::{fast, image, start_agent, Agent, Call, Script, WAIT};
 
 // ---------------------------------------------------------------------------------------
 // Fixtures: a real core, a running agent.
@@ -289,141 +96,25 @@ impl Bed {
         }
     }
 
-    /// The agent `name` as `GET /v1/agents` shows it.
-    async fn agent_state(&self, name: &str) -> String {
-        let agents = self.api.agents().await.unwrap();
-        let agent = agents
-            .iter()
-            .find(|a| a["name"] == name)
-            .unwrap_or_else(|| panic!("agent {name} listed: {agents:?}"));
-        agent["state"].as_str().unwrap().to_string()
-    }
-}
-
-/// Fast reconnects and short timeouts for tests.
-fn fast(mut config: AgentConfig) -> AgentConfig {
-    config.backoff = Backoff {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(500),
-        ..Backoff::default()
-    };
-    config.idle_timeout = Duration::from_secs(3);
-    config.connect_timeout = Duration::from_secs(10);
-    config.shutdown_grace = Duration::from_millis(500);
-    config
-}
-
-/// A digest-pinned reference on a registry host the tests never pull from.
-fn image(tag: &str) -> String {
-    let digest: String = format!("{:x}", md5ish(tag))
-        .chars()
-        .cycle()
-        .take(64)
-        .collect();
-    format!("127.0.0.1:5999/wharf/{tag}@sha256:{digest}")
-}
-
-fn md5ish(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    })
-}
-
-/// The events of a running agent, with a history.
-struct Events {
-    rx: mpsc::UnboundedReceiver<RuntimeEvent>,
-    seen: Vec<RuntimeEvent>,
-}
-
-impl Events {
-    /// Waits for an event matching `pred` (looking at the history first); returns it.
-    async fn wait(&mut self, what: &str, pred: impl Fn(&RuntimeEvent) -> bool) -> RuntimeEvent {
-        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
-            return e.clone();
-        }
-        self.wait_new(what, pred).await
-    }
-
-    /// Waits for a new event matching `pred` (ignoring the history).
-    async fn wait_new(&mut self, what: &str, pred: impl Fn(&RuntimeEvent) -> bool) -> RuntimeEvent {
+    /// Waits until agent `name` has `state` in `GET /v1/agents` (core opens the session
+    /// just after it sends `Welcome`).
+    async fn wait_agent_state(&self, name: &str, state: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(e)) => {
-                    self.seen.push(e.clone());
-                    if pred(&e) {
-                        return e;
-                    }
-                }
-                Ok(None) => panic!("the agent stopped before {what}; events: {:?}", self.seen),
-                Err(_) => panic!("no {what} within {WAIT:?}; events: {:?}", self.seen),
+            let agents = self.api.agents().await.unwrap();
+            let now = agents
+                .iter()
+                .find(|a| a["name"] == name)
+                .and_then(|a| a["state"].as_str())
+                .map(str::to_string);
+            if now.as_deref() == Some(state) {
+                return;
             }
-        }
-    }
-
-    fn drain(&mut self) {
-        while let Ok(e) = self.rx.try_recv() {
-            self.seen.push(e);
-        }
-    }
-}
-
-/// An agent runtime running in this process.
-struct Agent {
-    stop: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<Result<(), RuntimeError>>>,
-    events: Events,
-}
-
-fn start_agent(config: AgentConfig, executor: Script) -> Agent {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(runtime::run(config.with_events(tx), executor, async move {
-        let _ = stopped.await;
-    }));
-    Agent {
-        stop: Some(stop),
-        handle: Some(handle),
-        events: Events {
-            rx,
-            seen: Vec::new(),
-        },
-    }
-}
-
-impl Agent {
-    async fn connected(&mut self) -> RuntimeEvent {
-        self.events
-            .wait("a session", |e| matches!(e, RuntimeEvent::Connected { .. }))
-            .await
-    }
-
-    /// Asks the runtime to stop and returns what `run` returned.
-    async fn stop(mut self) -> Result<(), RuntimeError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let handle = self.handle.take().unwrap();
-        tokio::time::timeout(WAIT, handle)
-            .await
-            .expect("the runtime stops")
-            .unwrap()
-    }
-
-    /// Waits for `run` to return on its own.
-    async fn finished(mut self) -> Result<(), RuntimeError> {
-        let handle = self.handle.take().unwrap();
-        tokio::time::timeout(WAIT, handle)
-            .await
-            .expect("the runtime returns")
-            .unwrap()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            handle.abort();
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "agent {name} is {now:?}, not {state}: {agents:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 }
@@ -517,6 +208,7 @@ async fn enrollment_pins_the_ca_and_a_restart_reuses_the_identity() {
         "no journal after a refused pin"
     );
 
+    let good_token = good.token.clone().unwrap();
     // The right pin: enrolled, identity saved 0600, connected.
     let mut agent = start_agent(good, Script::new());
     let enrolled = agent
@@ -535,8 +227,26 @@ async fn enrollment_pins_the_ca_and_a_restart_reuses_the_identity() {
     assert_eq!(mode & 0o777, 0o600, "identity file mode {mode:o}");
     let saved = Identity::load(&state).unwrap().unwrap();
     assert_eq!(saved.agent_id, agent_id);
-    assert_eq!(bed.agent_state("pin").await, "online");
+    bed.wait_agent_state("pin", "online").await;
     agent.stop().await.unwrap();
+
+    // The token is spent: another enrollment with it is refused, saying what to do.
+    let reuse = fast(AgentConfig::new(
+        bed.core.addr(),
+        state_dir(&root, "other"),
+        "pin",
+    ))
+    .with_enrollment(good_token.expose(), real_hash.clone());
+    let err = start_agent(reuse, Script::new())
+        .finished()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::EnrollmentRefused(_)), "{err}");
+    assert!(
+        err.to_string().contains("wharf agent token create"),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), 3);
 
     // A restart without a token: the same identity, connected again.
     let mut again = start_agent(
@@ -552,6 +262,15 @@ async fn enrollment_pins_the_ca_and_a_restart_reuses_the_identity() {
     assert_eq!(loaded, RuntimeEvent::IdentityLoaded { agent_id });
     again.connected().await;
     again.stop().await.unwrap();
+
+    // What the runtime logged names neither the token nor a key.
+    let logs = crate::support::captured_logs();
+    assert!(logs.contains("enrolled"), "logs are captured: {logs}");
+    assert!(
+        !logs.contains(good_token.expose()),
+        "the token is in the log"
+    );
+    assert!(!logs.contains("PRIVATE KEY"), "a private key is in the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -808,7 +527,7 @@ async fn revocation_ends_the_session_and_the_agent_does_not_get_back_in() {
         .filter(|e| matches!(e, RuntimeEvent::Connected { .. }))
         .count();
     assert_eq!(sessions, 1, "never back in: {:?}", agent.events.seen);
-    assert_eq!(bed.agent_state("rev").await, "revoked");
+    bed.wait_agent_state("rev", "revoked").await;
     agent.stop().await.unwrap();
 }
 
@@ -959,4 +678,64 @@ async fn kill_9_of_the_agent_mid_task_resumes_it_from_its_last_checkpoint() {
         "executed once, resumed once"
     );
     drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_is_renewed_over_mtls_and_the_renewed_one_is_used() {
+    let bed = bed().await;
+    let root = tempfile::tempdir().unwrap();
+    let state = state_dir(&root, "s");
+    let mut agent = start_agent(bed.config("renew", &state).await, Script::new());
+    agent.connected().await;
+    agent.stop().await.unwrap();
+    let before = Identity::load(&state).unwrap().unwrap();
+
+    // Renewal due at once (less than 200 % of the lifetime left: always).
+    let mut config = fast(AgentConfig::new(bed.core.addr(), &state, "renew"));
+    config.renewal.renew_below = 2.0;
+    let mut agent = start_agent(config, Script::new());
+    let renewed = agent
+        .events
+        .wait("the renewal", |e| {
+            matches!(e, RuntimeEvent::CertificateRenewed { .. })
+        })
+        .await;
+    agent.stop().await.unwrap();
+    let after = Identity::load(&state).unwrap().unwrap();
+    assert_ne!(
+        after.cert_pem, before.cert_pem,
+        "a new certificate was saved"
+    );
+    assert_ne!(
+        after.key_pem.expose(),
+        before.key_pem.expose(),
+        "with a new key"
+    );
+    assert_eq!(after.agent_id, before.agent_id);
+    assert_eq!(after.seal_key.public(), before.seal_key.public());
+    assert_eq!(
+        renewed,
+        RuntimeEvent::CertificateRenewed {
+            not_after: after.not_after
+        }
+    );
+    assert!(after.not_after >= before.not_after);
+
+    // The next start connects with the renewed certificate (and renews nothing).
+    let mut agent = start_agent(
+        fast(AgentConfig::new(bed.core.addr(), &state, "renew")),
+        Script::new(),
+    );
+    agent.connected().await;
+    agent.events.drain();
+    assert!(
+        !agent
+            .events
+            .seen
+            .iter()
+            .any(|e| matches!(e, RuntimeEvent::CertificateRenewed { .. })),
+        "{:?}",
+        agent.events.seen
+    );
+    agent.stop().await.unwrap();
 }

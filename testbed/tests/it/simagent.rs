@@ -19,11 +19,11 @@ use uuid::Uuid;
 use wharf_core::engine::SubmitRequest;
 use wharf_core::queue::TaskState;
 use wharf_protocol::{
-    write_frame, AgentTask, Cancel, DeploySpec, DurationMs, ErrorType, Message, Priority, Reject,
-    ResultAck, TaskKind, TaskPayload, Timestamp, DEFAULT_MAX_FRAME,
+    write_frame, AgentTask, Cancel, DeploySpec, ErrorType, Message, Priority, Reject, ResultAck,
+    TaskKind, TaskPayload, DEFAULT_MAX_FRAME,
 };
 use wharf_testbed::core::CoreProcess;
-use wharf_testbed::fake_core::{FakeCore, FakeSession};
+use wharf_testbed::fake_core::{task, FakeCore, FakeSession};
 use wharf_testbed::simagent::{
     Behaviour, CancelMode, ConnectOptions, CoreApi, EnrollError, Enrolled, Outcome, Reconnect,
     SimAgent, SimAgentError, SimAgentHandle, SimEvent,
@@ -37,22 +37,6 @@ const MAX: u32 = DEFAULT_MAX_FRAME;
 /// A digest-pinned image reference the sim agent never pulls.
 fn image(n: u32) -> String {
     format!("127.0.0.1:5000/app@sha256:{n:064x}")
-}
-
-fn task(payload: TaskPayload, target: &str) -> AgentTask {
-    AgentTask {
-        id: Uuid::new_v4(),
-        target: target.into(),
-        payload,
-        credentials: None,
-        timeout: DurationMs::from_secs(60),
-        priority: Priority::Normal,
-        idempotency_key: None,
-        requested_by: "test".into(),
-        assigned_at: Timestamp::now(),
-        expires_at: None,
-        attempt: 1,
-    }
 }
 
 fn deploy(target: &str, n: u32) -> AgentTask {
