@@ -61,16 +61,23 @@ impl Binaries {
 
 /// `cargo build` of the three programs; returns where cargo put them.
 fn build() -> Result<Binaries> {
-    let mut args = vec!["-p", "wharf-core", "--bin", "wharf-core", "--bin", "wharf"];
-    args.extend(["-p", "wharf-agent-docker", "--bin", "wharf-agent-docker"]);
     // A benchmark (optimised build of this crate) measures optimised programs; tests
     // (debug builds) get the agent's fault-injection points, as `cargo test` builds it.
-    if cfg!(debug_assertions) {
-        args.extend(["--features", "wharf-agent-docker/fault-injection"]);
+    // (Two builds: `--features pkg/feature` next to a second `-p` is not reliable.)
+    let profile: &[&str] = if cfg!(debug_assertions) {
+        &[]
     } else {
-        args.push("--release");
+        &["--release"]
+    };
+    let mut core_args = vec!["-p", "wharf-core", "--bin", "wharf-core", "--bin", "wharf"];
+    core_args.extend(profile);
+    let mut agent_args = vec!["-p", "wharf-agent-docker", "--bin", "wharf-agent-docker"];
+    agent_args.extend(profile);
+    if cfg!(debug_assertions) {
+        agent_args.extend(["--features", "fault-injection"]);
     }
-    let found = crate::core::cargo_build_all(&args)?;
+    let mut found = crate::core::cargo_build_all(&core_args)?;
+    found.extend(crate::core::cargo_build_all(&agent_args)?);
     let take = |name: &str| {
         found
             .get(name)

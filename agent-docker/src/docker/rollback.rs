@@ -320,20 +320,34 @@ impl SwapPlan {
 fn sticker_previous(text: &str, target: &str) -> Option<(String, Digest, ReleaseInfo)> {
     let parsed = wharf_sticker::SignedSticker::parse(text.as_bytes()).ok()?;
     let prev = parsed.sticker.previous?;
-    let c = prev
-        .components
+    component_of(&prev.release, &prev.components, target)
+}
+
+/// The image (repository) and digest a rollback's own sticker (signed by core) goes to:
+/// core's record of the release before the current one.
+fn sticker_destination(text: &str, target: &str) -> Option<(String, Digest, ReleaseInfo)> {
+    let parsed = wharf_sticker::SignedSticker::parse(text.as_bytes()).ok()?;
+    component_of(&parsed.sticker.release, &parsed.sticker.components, target)
+}
+
+fn component_of(
+    release: &wharf_sticker::Release,
+    components: &[wharf_sticker::Component],
+    target: &str,
+) -> Option<(String, Digest, ReleaseInfo)> {
+    let c = components
         .iter()
         .find(|c| c.name == target)
-        .or_else(|| prev.components.first())?;
+        .or_else(|| components.first())?;
     let digest = Digest::parse(&c.digest).ok()?;
     let repo = match ImageRef::parse(&c.image) {
         Ok(r) => r.repository().to_owned(),
         Err(_) => c.image.clone(),
     };
     let release = ReleaseInfo {
-        id: prev.release.id,
-        name: prev.release.name,
-        version: prev.release.version,
+        id: release.id.clone(),
+        name: release.name.clone(),
+        version: release.version.clone(),
     };
     Some((repo, digest, release))
 }
@@ -358,6 +372,14 @@ impl<D: DockerApi> DockerExecutor<D> {
                 )
             }
         };
+        // Core signs a rollback's sticker for its record of the release before the current
+        // one: without --to, that is where the rollback goes (the kept previous container
+        // when it holds that digest, else a pull of it).
+        let destination = spec
+            .sticker
+            .as_deref()
+            .and_then(|s| sticker_destination(s, name));
+        let to = to.or_else(|| destination.as_ref().map(|d| d.1));
         let (current, previous) = match (
             self.docker.inspect_container(name).await,
             self.docker.inspect_container(&previous_name(name)).await,
@@ -406,7 +428,13 @@ impl<D: DockerApi> DockerExecutor<D> {
             .as_ref()
             .and_then(|c| ImageRef::parse(&c.image).ok())
             .map(|i| i.repository().to_owned());
+        // Core's sticker names the destination's repository and release.
+        let recorded = match destination.filter(|d| Some(d.1) == to) {
+            Some(d) => Some(d),
+            None => recorded,
+        };
         let (repo, digest, release) = match (to, recorded) {
+            (Some(t), Some(rec)) if rec.1 == t => rec,
             (Some(t), rec) => {
                 let repo = current_repo.or_else(|| rec.map(|r| r.0));
                 match repo {

@@ -748,6 +748,46 @@ async fn rollback_swaps_the_previous_container_back() {
 }
 
 #[tokio::test]
+async fn rollback_goes_where_cores_sticker_says_not_to_a_stale_previous() {
+    // v1 runs, v2 replaces it (v1 kept as previous); core's record says the release
+    // before v2 is v1: the kept container holds it, so it is swapped back.
+    let bed = Bed::new().with_v1();
+    assert!(bed.run(bed.deploy(2)).await.success);
+    let mut t = rollback(None, None);
+    let s = bed.sticker(t.id, 1, Some(2));
+    t.payload = TaskPayload::Rollback(RollbackSpec {
+        to: None,
+        health: fast_health(),
+        sticker: Some(s),
+    });
+    let r = bed.run(t).await;
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.outputs["route"], "previous-container");
+    bed.assert_runs(1, "swap to core's record");
+
+    // Now v1 runs and v2 is kept; core's record names another release (digest 5): the
+    // kept v2 is not it, so that digest is pulled and deployed instead.
+    let mut t = rollback(None, None);
+    let s = bed.sticker(t.id, 5, Some(1));
+    t.payload = TaskPayload::Rollback(RollbackSpec {
+        to: None,
+        health: HealthSpec {
+            probe: HealthProbe::None,
+            ..fast_health()
+        },
+        sticker: Some(s.clone()),
+    });
+    let r = bed.run(t).await;
+    assert!(r.success, "{r:?}");
+    assert_ne!(
+        r.outputs.get("route").map(String::as_str),
+        Some("previous-container")
+    );
+    bed.assert_runs(5, "deployed core's record, not the kept v2");
+    assert_eq!(bed.sticker_on_disk(), Some(s));
+}
+
+#[tokio::test]
 async fn failed_swap_puts_the_current_container_back() {
     let bed = Bed::new();
     bed.d().add_container(NAME, &image(2), &[], true);

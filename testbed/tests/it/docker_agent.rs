@@ -370,8 +370,17 @@ fn kill9_of_the_agent_at_every_step_ends_with_exactly_one_healthy_container() {
         .iter()
         .map(|s| (*s, TestVersion::V2))
         .chain(RESTORE_STEPS.iter().map(|s| (*s, TestVersion::Broken)));
+    // `WHARF_E2E_CRASH_STEPS=pull,wait-healthy` runs only those (when debugging).
+    let only = std::env::var("WHARF_E2E_CRASH_STEPS").ok();
     for (step, version) in cases {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|s| s == step))
+        {
+            continue;
+        }
         if let Err(e) = crash_at(&mut fleet, step, version) {
+            eprintln!("kill -9 at {step} ({version}) FAILED: {e}");
             failures.push(format!("kill -9 at {step} ({version}): {e}"));
         }
     }
@@ -381,6 +390,8 @@ fn kill9_of_the_agent_at_every_step_ends_with_exactly_one_healthy_container() {
 /// Deploys v1 (and v2 first, so that a stale previous exists), then deploys `version`
 /// with the agent paused at `step`, kills it there, restarts it, and checks the target.
 fn crash_at(fleet: &mut Fleet, step: &str, version: TestVersion) -> Result<(), String> {
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("kill -9 at {step}: {what} after {:.1?}", t0.elapsed());
     let target = format!("e2e-crash-{}", wharf_testbed::unique_suffix());
     let previous = format!("{target}-previous");
     let _cleanup = RemoveContainers(vec![target.clone(), previous.clone()]);
@@ -391,6 +402,7 @@ fn crash_at(fleet: &mut Fleet, step: &str, version: TestVersion) -> Result<(), S
             return Err(format!("setup deploy of {setup} failed: {t}"));
         }
     }
+    phase("set up");
     // Restart the agent with the fault point armed, submit without waiting.
     fleet
         .agent
@@ -419,16 +431,18 @@ fn crash_at(fleet: &mut Fleet, step: &str, version: TestVersion) -> Result<(), S
         return Err(format!("submit failed: {task}"));
     }
     let id = task["id"].as_str().unwrap_or_default().to_string();
+    phase("submitted");
     let marker = format!("WHARF_FAULT_PAUSED {step}");
     fleet
         .agent
         .process
         .wait_for_line(Duration::from_secs(90), |l| l.contains(&marker))
         .map_err(|e| e.to_string())?;
+    phase("paused");
     // kill -9 at exactly that point, then a plain restart.
     fleet.agent.restart(&[]).map_err(|e| e.to_string())?;
-    let (code, done) = fleet.wharf_json(&["task", "wait", &id]);
-    let _ = code;
+    let (_, done) = fleet.wharf_json(&["task", "wait", &id]);
+    phase("finished after the restart");
     let state = done["state"].as_str().unwrap_or_default().to_string();
     if state != "succeeded" && state != "failed" {
         return Err(format!("task did not finish: {done}"));
