@@ -53,8 +53,8 @@ enum Command {
     /// answer tasks without running anything. Prints `NAME connected as ID` per agent and
     /// runs until Ctrl-C or SIGTERM.
     SimAgent(SimAgentArgs),
-    /// The local demo (`make demo`): build, push, pin, sign and verify a sticker,
-    /// and show tampered copies failing verification.
+    /// The local demo (`make demo`): registry, core and a Docker agent; deploy v1, v2, a
+    /// broken release rolled back; the sticker and `wharf inspect`.
     Demo,
 }
 

@@ -916,7 +916,16 @@ impl Actor {
         // Sign the sticker before the queue sees the task, so a signing failure changes
         // nothing; it is only kept for a created task.
         let mut payload = req.payload.clone();
-        let sticker = self.sign_sticker(state, &req, id, requester, now)?;
+        // The release a deploy names, with its defaults filled in, so that the container's
+        // `wharf.release.*` labels and the sticker say the same.
+        if let TaskPayload::Deploy(spec) = &mut payload {
+            spec.release = wharf_protocol::ReleaseInfo {
+                id: non_empty(&spec.release.id, &id.to_string()),
+                name: non_empty(&spec.release.name, &req.target),
+                version: non_empty(&spec.release.version, &image_short(&spec.image)),
+            };
+        }
+        let sticker = self.sign_sticker(state, &req, &payload, id, requester, now)?;
         match &mut payload {
             TaskPayload::Deploy(spec) => spec.sticker = sticker,
             TaskPayload::Rollback(spec) => spec.sticker = sticker,
@@ -957,6 +966,7 @@ impl Actor {
         &self,
         state: &State,
         req: &SubmitRequest,
+        payload: &TaskPayload,
         id: TaskId,
         requester: &str,
         now: u64,
@@ -970,7 +980,7 @@ impl Actor {
             image: image.repository().to_string(),
             digest: image.digest().to_string(),
         };
-        let (release, components) = match &req.payload {
+        let (release, components) = match payload {
             TaskPayload::Deploy(spec) => {
                 let image = ImageRef::parse(&spec.image).map_err(|e| InvalidSubmit::Field {
                     field: "payload.deploy.image".into(),

@@ -292,6 +292,11 @@ async fn deploy_carries_a_signed_sticker_with_previous() {
     };
     assert_eq!(sticker.task_id, first.id);
     assert_eq!(sticker.deployed_by, "alice");
+    // The release defaults are filled into the task too, so labels and sticker agree.
+    assert_eq!(spec.release.id, first.id.to_string());
+    assert_eq!(spec.release.name, "web");
+    assert_eq!(sticker.release.id, spec.release.id);
+    assert_eq!(sticker.release.version, spec.release.version);
     assert_eq!(sticker.components[0].image, "127.0.0.1:5000/app");
     assert!(sticker.previous.is_none());
     engine
