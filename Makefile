@@ -20,7 +20,7 @@ clippy:
 unit-and-integration:
 	$(CARGO) test --workspace --locked
 
-## demo: the local demo of what exists so far (see README).
+## demo: the local demo: registry, core, a Docker agent, deploys, a rollback (see README).
 demo:
 	$(CARGO) run --quiet --locked -p wharf-testbed -- demo
 
@@ -30,6 +30,7 @@ demo:
 bench:
 	$(CARGO) bench --locked -p wharf-core --bench store_commit
 	$(CARGO) bench --locked -p wharf-testbed --bench core_dispatch
+	$(CARGO) bench --locked -p wharf-testbed --bench docker_swap
 
 ## fuzz: the protocol fuzz targets (needs cargo-fuzz and a nightly toolchain).
 fuzz:
