@@ -136,6 +136,9 @@ fn not_running(container: &str, info: Option<&ContainerInfo>) -> HealthError {
     }
 }
 
+/// How often the gate reads Docker's health status for a `DockerHealthcheck` probe.
+pub const DOCKER_STATUS_POLL: Duration = Duration::from_millis(100);
+
 /// Waits until `container` is healthy per `spec`, giving up at `spec.deadline` or at
 /// `cap` (the task's own deadline), whichever comes first, or when `cancelled` resolves.
 ///
@@ -157,7 +160,14 @@ pub async fn wait_healthy<D: DockerApi>(
     }
     let start_period_end = start + spec.start_period.as_duration();
     let retries = spec.retries.max(1);
-    let interval = spec.interval.as_duration().max(Duration::from_millis(50));
+    // Docker runs a HEALTHCHECK on its own schedule; the gate only reads the status it
+    // keeps, which is cheap, so it looks often and sees the change when it happens instead
+    // of up to one interval later. The other probes are real probes: one per interval.
+    let interval = match spec.probe {
+        HealthProbe::DockerHealthcheck => spec.interval.as_duration().min(DOCKER_STATUS_POLL),
+        _ => spec.interval.as_duration(),
+    }
+    .max(Duration::from_millis(50));
     let mut failures = 0u32;
     let mut last: String;
     tokio::pin!(cancelled);
