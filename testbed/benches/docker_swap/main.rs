@@ -4,7 +4,7 @@
 //! agent's memory idle and during deploys.
 //!
 //! Run with `make bench` or `cargo bench --locked -p wharf-testbed --bench docker_swap`.
-//! Settings (environment): `WHARF_BENCH_SWAPS` (swaps per scenario, default 6),
+//! Settings (environment): `WHARF_BENCH_SWAPS` (swaps per scenario, default 10),
 //! `WHARF_BENCH_PROBE_MS` (availability probe period, default 5).
 //! Progress goes to stderr, the results table to stdout.
 
@@ -53,7 +53,7 @@ struct Measured {
 
 fn run() -> Result<()> {
     // `cargo bench` passes `--bench`; there are no other arguments.
-    let swaps = env_usize("WHARF_BENCH_SWAPS", 6).max(2);
+    let swaps = env_usize("WHARF_BENCH_SWAPS", 10).max(2);
     let probe_every = Duration::from_millis(env_usize("WHARF_BENCH_PROBE_MS", 5) as u64);
     let suffix = wharf_testbed::unique_suffix();
     eprintln!("docker_swap: building and pushing the test images");

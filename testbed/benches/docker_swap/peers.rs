@@ -159,7 +159,13 @@ impl Swapper for Swarm {
             "--quiet",
         ])
         .args(["--name", &self.service])
-        .args(["--publish", &format!("{}:8080", self.host_port)])
+        // Host-mode publishing, like `docker run -p`: the ingress routing mesh does not
+        // forward on this machine (a published ingress port answers nothing), and it
+        // would add a hop the others do not have.
+        .args([
+            "--publish",
+            &format!("mode=host,published={},target=8080", self.host_port),
+        ])
         .arg(image);
         docker::run(&mut cmd).map(drop)
     }
