@@ -143,7 +143,7 @@ impl App {
             store.clone(),
             Arc::new(DirectoryAdapter(directory.clone())),
             Some(Arc::new(signing_key)),
-            config.engine.clone(),
+            config.engine.clone().with_audit(audit.clone()),
         )
         .context("cannot start the task engine")?;
         let bootstrap = Bootstrap {

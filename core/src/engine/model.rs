@@ -50,6 +50,23 @@ pub struct SubmitRequest {
     pub max_attempts: Option<u32>,
 }
 
+/// The detail of a submit's `task.submit` audit entry: where, what and how, never the
+/// payload's environment, hooks or anything else that may hold a secret.
+pub fn submit_audit_detail(request: &SubmitRequest) -> serde_json::Value {
+    let image = match &request.payload {
+        TaskPayload::Deploy(spec) => Some(spec.image.clone()),
+        _ => None,
+    };
+    serde_json::json!({
+        "agent": request.agent,
+        "target": request.target,
+        "kind": request.payload.kind(),
+        "image": image,
+        "priority": request.priority,
+        "idempotency_key": request.idempotency_key,
+    })
+}
+
 /// A submit that the engine refused before anything was stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidSubmit {

@@ -570,7 +570,7 @@ async fn cancel_is_sent_on_the_task_stream() {
     stream.accept().await;
     core.wait_state(id, TaskState::Running).await;
 
-    core.app.engine.cancel(id).await.unwrap();
+    core.app.engine.cancel(id, "test").await.unwrap();
     let cancel = stream.read().await.unwrap();
     assert_eq!(
         cancel,
