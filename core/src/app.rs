@@ -19,7 +19,7 @@ use wharf_protocol::{AgentTask, ImageRef, SealedCredentials, TaskPayload};
 use wharf_sticker::{Keyring, SigningKey};
 
 use crate::audit::AuditLog;
-use crate::directory::{Directory, DirectoryConfig, MasterKey};
+use crate::directory::{Directory, DirectoryConfig, MasterKey, LAST_SEEN_PERSIST_INTERVAL};
 use crate::engine::{AgentDirectory, Engine, EngineConfig};
 use crate::pki::{
     read_secret_file, write_secret_file, CaFingerprint, CorePki, RevocationList, SecretString,
@@ -126,6 +126,9 @@ impl App {
         )
         .await
         .context("cannot open the agent directory")?;
+        // Last-seen times are kept in memory and written in batches (see
+        // `Directory::persist_last_seen`); the task ends when the directory is dropped.
+        directory.spawn_last_seen_writer(LAST_SEEN_PERSIST_INTERVAL);
         let admin_token = match directory
             .bootstrap_admin_token()
             .await
