@@ -14,8 +14,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod endpoint_key;
 pub mod quic;
 
+pub use endpoint_key::{EndpointKey, MIN_RESET_INTERVAL};
 pub use quic::{serve, server_config, QuicConfig, QuicServer};
 
 macro_rules! counters {

@@ -303,7 +303,9 @@ impl QuicServer {
             inner,
             counters: counters.clone(),
         });
-        let mut endpoint_config = quinn::EndpointConfig::default();
+        // The reset and connection-id keys of the data dir: a restarted core's stateless
+        // resets end the connections of the process before it (see `EndpointKey`).
+        let mut endpoint_config = app.quic_key.endpoint_config();
         // Without greasing, a clear fixed bit marks a datagram as garbage (counted).
         endpoint_config.grease_quic_bit(false);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(

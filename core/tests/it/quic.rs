@@ -879,3 +879,100 @@ async fn garbage_datagrams_do_not_stop_the_listener() {
     Agent::session(&core, &other).await;
     println!("garbage: {:?}", core.counters());
 }
+
+/// The data dir of a core whose agent `name` is enrolled (in this process, then released),
+/// for a `wharf-core serve` child to run on. Returns the agent's identity and the CA.
+async fn enrolled_data_dir(
+    dir: &std::path::Path,
+    name: &str,
+) -> (Creds, rustls_pki_types::CertificateDer<'static>) {
+    let (app, _boot) = App::open(AppConfig {
+        data_dir: dir.join("data"),
+        server_names: vec![],
+        master_key: None,
+        engine: EngineConfig::default(),
+    })
+    .await
+    .unwrap();
+    let (token, _) = app
+        .directory
+        .create_enroll_token(name, Duration::from_secs(600), "test")
+        .await
+        .unwrap();
+    let (key_pem, csr_pem) = generate_agent_key_and_csr(name).unwrap();
+    let enrolled = app
+        .directory
+        .enroll(EnrollRequest {
+            token,
+            name: name.to_string(),
+            csr_pem,
+            x25519_public: AgentSealKey::generate().unwrap().public(),
+            version: VERSION.to_string(),
+            capabilities: vec!["docker".into()],
+        })
+        .await
+        .unwrap();
+    let ca = app.pki.ca_cert().clone().into_owned();
+    drop(app);
+    // The store is released once the app's tasks have let go of it.
+    let store = dir.join("data").join("store");
+    let started = Instant::now();
+    loop {
+        match wharf_core::store::SledStore::open(&store) {
+            Ok(opened) => break drop(opened),
+            Err(e) => assert!(started.elapsed() < WAIT, "the store stays held: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let creds = Creds {
+        identity: TlsIdentity::from_pem(&enrolled.cert_pem, key_pem.expose()).unwrap(),
+    };
+    (creds, ca)
+}
+
+/// `kill -9` of core, restarted at once on the same data dir and port: the new process's
+/// stateless reset (keys kept in `quic-reset.key`) ends the agent's old connection as
+/// soon as the agent sends something, instead of leaving it to the idle timeout (15 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_cores_stateless_reset_ends_the_old_connection_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (creds, ca) = enrolled_data_dir(dir.path(), "web-1").await;
+    let first = crate::cli::Core::start_on(dir.path(), "127.0.0.1:0");
+    let port = first.port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+
+    let mut agent = Agent::connect_with(client_endpoint(&creds.identity, &ca), addr)
+        .await
+        .unwrap();
+    assert!(matches!(
+        agent.hello(VERSION, vec![]).await,
+        Message::Welcome(_)
+    ));
+
+    first.kill();
+    let second = crate::cli::Core::start_on(dir.path(), &format!("127.0.0.1:{port}"));
+    // The agent's next packet (a heartbeat) reaches the new process.
+    let sent = Instant::now();
+    agent
+        .send(&Message::Heartbeat(Heartbeat {
+            running_tasks: vec![],
+            load: Default::default(),
+        }))
+        .await;
+    let error = agent.closed().await;
+    let took = sent.elapsed();
+    assert!(
+        matches!(error, ConnectionError::Reset),
+        "the old connection must end by a stateless reset, got {error:?} after {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the reset took {took:?} (more than 1 s)"
+    );
+
+    // And the agent gets a session with the new process right away.
+    try_session(client_endpoint(&creds.identity, &ca), addr)
+        .await
+        .unwrap();
+    drop(second);
+}
