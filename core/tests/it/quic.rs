@@ -195,15 +195,23 @@ impl Core {
     }
 }
 
+/// A quinn client config presenting `identity` and trusting `ca`.
+fn client_config(
+    identity: &TlsIdentity,
+    ca: &rustls_pki_types::CertificateDer<'_>,
+) -> quinn::ClientConfig {
+    let tls = agent_client_config(identity, ca, &[ALPN]).unwrap();
+    let crypto = QuicClientConfig::try_from(tls).unwrap();
+    quinn::ClientConfig::new(Arc::new(crypto))
+}
+
 /// A quinn client endpoint presenting `identity` and trusting `ca`.
 fn client_endpoint(
     identity: &TlsIdentity,
     ca: &rustls_pki_types::CertificateDer<'_>,
 ) -> quinn::Endpoint {
-    let tls = agent_client_config(identity, ca, &[ALPN]).unwrap();
-    let crypto = QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint.set_default_client_config(client_config(identity, ca));
     endpoint
 }
 
@@ -235,6 +243,21 @@ impl Agent {
     /// Connects and opens the control stream (nothing sent yet).
     async fn connect_with(endpoint: quinn::Endpoint, addr: SocketAddr) -> anyhow::Result<Agent> {
         let conn = timeout(WAIT, endpoint.connect(addr, "localhost")?).await??;
+        Agent::on(endpoint, conn).await
+    }
+
+    /// Connects over a shared `endpoint` with this agent's own `config`.
+    async fn connect_shared(
+        endpoint: &quinn::Endpoint,
+        config: quinn::ClientConfig,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Agent> {
+        let conn = timeout(WAIT, endpoint.connect_with(config, addr, "localhost")?).await??;
+        Agent::on(endpoint.clone(), conn).await
+    }
+
+    /// Opens the control stream of `conn`.
+    async fn on(endpoint: quinn::Endpoint, conn: quinn::Connection) -> anyhow::Result<Agent> {
         let (send, recv) = conn.open_bi().await?;
         Ok(Agent {
             _endpoint: endpoint,
@@ -880,12 +903,13 @@ async fn garbage_datagrams_do_not_stop_the_listener() {
     println!("garbage: {:?}", core.counters());
 }
 
-/// The data dir of a core whose agent `name` is enrolled (in this process, then released),
-/// for a `wharf-core serve` child to run on. Returns the agent's identity and the CA.
+/// The data dir of a core with the agents `names` enrolled (in this process, then
+/// released), for a `wharf-core serve` child to run on. Returns the agents' identities
+/// and the CA.
 async fn enrolled_data_dir(
     dir: &std::path::Path,
-    name: &str,
-) -> (Creds, rustls_pki_types::CertificateDer<'static>) {
+    names: &[String],
+) -> (Vec<Creds>, rustls_pki_types::CertificateDer<'static>) {
     let (app, _boot) = App::open(AppConfig {
         data_dir: dir.join("data"),
         server_names: vec![],
@@ -894,24 +918,30 @@ async fn enrolled_data_dir(
     })
     .await
     .unwrap();
-    let (token, _) = app
-        .directory
-        .create_enroll_token(name, Duration::from_secs(600), "test")
-        .await
-        .unwrap();
-    let (key_pem, csr_pem) = generate_agent_key_and_csr(name).unwrap();
-    let enrolled = app
-        .directory
-        .enroll(EnrollRequest {
-            token,
-            name: name.to_string(),
-            csr_pem,
-            x25519_public: AgentSealKey::generate().unwrap().public(),
-            version: VERSION.to_string(),
-            capabilities: vec!["docker".into()],
-        })
-        .await
-        .unwrap();
+    let mut creds = Vec::new();
+    for name in names {
+        let (token, _) = app
+            .directory
+            .create_enroll_token(name, Duration::from_secs(600), "test")
+            .await
+            .unwrap();
+        let (key_pem, csr_pem) = generate_agent_key_and_csr(name).unwrap();
+        let enrolled = app
+            .directory
+            .enroll(EnrollRequest {
+                token,
+                name: name.to_string(),
+                csr_pem,
+                x25519_public: AgentSealKey::generate().unwrap().public(),
+                version: VERSION.to_string(),
+                capabilities: vec!["docker".into()],
+            })
+            .await
+            .unwrap();
+        creds.push(Creds {
+            identity: TlsIdentity::from_pem(&enrolled.cert_pem, key_pem.expose()).unwrap(),
+        });
+    }
     let ca = app.pki.ca_cert().clone().into_owned();
     drop(app);
     // The store is released once the app's tasks have let go of it.
@@ -924,54 +954,64 @@ async fn enrolled_data_dir(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let creds = Creds {
-        identity: TlsIdentity::from_pem(&enrolled.cert_pem, key_pem.expose()).unwrap(),
-    };
     (creds, ca)
 }
 
 /// `kill -9` of core, restarted at once on the same data dir and port: the new process's
-/// stateless reset (keys kept in `quic-reset.key`) ends the agent's old connection as
-/// soon as the agent sends something, instead of leaving it to the idle timeout (15 s).
+/// stateless resets (keys kept in `quic-reset.key`) end the agents' old connections as
+/// soon as they send something, instead of leaving them to the idle timeout (15 s). 32
+/// agents share one client socket and send at the same instant, so their packets reach
+/// core in one receive batch: each must get its reset (no rate limit per batch).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_cores_stateless_reset_ends_the_old_connection_at_once() {
+async fn a_restarted_cores_stateless_resets_end_the_old_connections_at_once() {
+    const AGENTS: usize = 32;
     let dir = tempfile::tempdir().unwrap();
-    let (creds, ca) = enrolled_data_dir(dir.path(), "web-1").await;
+    let names: Vec<String> = (0..AGENTS).map(|i| format!("web-{i}")).collect();
+    let (creds, ca) = enrolled_data_dir(dir.path(), &names).await;
     let first = crate::cli::Core::start_on(dir.path(), "127.0.0.1:0");
     let port = first.port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
 
-    let mut agent = Agent::connect_with(client_endpoint(&creds.identity, &ca), addr)
-        .await
-        .unwrap();
-    assert!(matches!(
-        agent.hello(VERSION, vec![]).await,
-        Message::Welcome(_)
-    ));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut agents = Vec::new();
+    for c in &creds {
+        let mut agent = Agent::connect_shared(&endpoint, client_config(&c.identity, &ca), addr)
+            .await
+            .unwrap();
+        assert!(matches!(
+            agent.hello(VERSION, vec![]).await,
+            Message::Welcome(_)
+        ));
+        agents.push(agent);
+    }
 
     first.kill();
     let second = crate::cli::Core::start_on(dir.path(), &format!("127.0.0.1:{port}"));
-    // The agent's next packet (a heartbeat) reaches the new process.
+    // Every agent's next packet (a heartbeat) reaches the new process.
     let sent = Instant::now();
-    agent
-        .send(&Message::Heartbeat(Heartbeat {
-            running_tasks: vec![],
-            load: Default::default(),
-        }))
-        .await;
-    let error = agent.closed().await;
-    let took = sent.elapsed();
-    assert!(
-        matches!(error, ConnectionError::Reset),
-        "the old connection must end by a stateless reset, got {error:?} after {took:?}"
-    );
-    assert!(
-        took < Duration::from_secs(1),
-        "the reset took {took:?} (more than 1 s)"
-    );
+    let heartbeat = Message::Heartbeat(Heartbeat {
+        running_tasks: vec![],
+        load: Default::default(),
+    });
+    for agent in &mut agents {
+        agent.send(&heartbeat).await;
+    }
+    for (i, agent) in agents.iter().enumerate() {
+        let error = agent.closed().await;
+        let took = sent.elapsed();
+        assert!(
+            matches!(error, ConnectionError::Reset),
+            "agent {i}: the old connection must end by a stateless reset, got {error:?} after \
+             {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "agent {i}: the reset took {took:?} (more than 1 s)"
+        );
+    }
 
-    // And the agent gets a session with the new process right away.
-    try_session(client_endpoint(&creds.identity, &ca), addr)
+    // And an agent gets a session with the new process right away.
+    try_session(client_endpoint(&creds[0].identity, &ca), addr)
         .await
         .unwrap();
     drop(second);
