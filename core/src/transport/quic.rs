@@ -90,7 +90,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Connection, RecvStream, Runtime as _, SendStream, UdpPoller, VarInt};
 use rustls_pki_types::CertificateDer;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -119,6 +119,13 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Default time an agent has, from the end of the handshake, to open its control stream
 /// and send `Hello`.
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Receive and send buffer asked for the listener's UDP socket (the kernel caps it at
+/// `net.core.rmem_max`/`wmem_max`).
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Default of [`QuicConfig::max_connecting`].
+pub const DEFAULT_MAX_CONNECTING: usize = 256;
 
 /// Shortest heartbeat interval accepted (a smaller configured value is raised to it).
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
@@ -149,6 +156,12 @@ pub struct QuicConfig {
     /// Limits announced in `Welcome`; [`Limits::max_frame_len`] (at most 16 MiB) also
     /// bounds every frame core reads and writes.
     pub limits: Limits,
+    /// Most connections being set up at once (handshake, `Hello`, `Welcome`; default
+    /// [`DEFAULT_MAX_CONNECTING`]). A connection attempt over it is refused at once
+    /// (QUIC `CONNECTION_REFUSED`) and the agent retries after its backoff: after a
+    /// restart, 10,000 agents reconnecting in the same second otherwise all progress
+    /// slowly together and time out (congestion collapse) instead of being served in turn.
+    pub max_connecting: usize,
 }
 
 impl Default for QuicConfig {
@@ -157,6 +170,7 @@ impl Default for QuicConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
             limits: Limits::default(),
+            max_connecting: DEFAULT_MAX_CONNECTING,
         }
     }
 }
@@ -295,6 +309,18 @@ impl QuicServer {
         socket
             .set_nonblocking(true)
             .context("cannot make the QUIC socket non-blocking")?;
+        // Room for bursts: after a restart thousands of agents' packets arrive at once,
+        // and a datagram dropped for want of buffer leaves its agent to retransmission
+        // backoff or its idle timeout. The kernel caps the size (net.core.rmem_max).
+        let sock = socket2::SockRef::from(&socket);
+        for (what, result) in [
+            ("receive", sock.set_recv_buffer_size(SOCKET_BUFFER)),
+            ("send", sock.set_send_buffer_size(SOCKET_BUFFER)),
+        ] {
+            if let Err(error) = result {
+                tracing::warn!(%error, what, "cannot enlarge the QUIC socket's buffer");
+            }
+        }
         let runtime = Arc::new(quinn::TokioRuntime);
         let inner = runtime
             .wrap_udp_socket(socket)
@@ -352,6 +378,7 @@ impl QuicServer {
         let addr = self.local_addr()?;
         tracing::info!(%addr, "QUIC agent listener serving (ALPN wharf/1)");
         let mut connections = JoinSet::new();
+        let connecting = Arc::new(Semaphore::new(self.shared.config.max_connecting.max(1)));
         loop {
             if *shutdown.borrow_and_update() {
                 break;
@@ -363,9 +390,15 @@ impl QuicServer {
                     }
                 }
                 incoming = self.endpoint.accept() => match incoming {
-                    Some(incoming) => {
-                        connections.spawn(handle_incoming(self.shared.clone(), incoming));
-                    }
+                    Some(incoming) => match connecting.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            connections.spawn(handle_incoming(self.shared.clone(), incoming, permit));
+                        }
+                        Err(_) => {
+                            self.shared.count(|c| &c.connections_refused_busy);
+                            incoming.refuse();
+                        }
+                    },
                     None => break,
                 },
                 Some(joined) = connections.join_next(), if !connections.is_empty() => {
@@ -436,7 +469,13 @@ fn identify(shared: &Shared, conn: &Connection) -> Result<AgentRecord, (u32, Str
     Ok(agent)
 }
 
-async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
+/// Sets up one connection; `connecting` (a place among [`QuicConfig::max_connecting`]) is
+/// held until its session is open or it failed.
+async fn handle_incoming(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    connecting: OwnedSemaphorePermit,
+) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -457,7 +496,9 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         }
     };
     let span = tracing::info_span!("quic", agent = %agent.name, agent_id = %agent.id, %remote);
-    run_connection(shared, conn, agent).instrument(span).await;
+    run_connection(shared, conn, agent, connecting)
+        .instrument(span)
+        .await;
 }
 
 /// Why a session ended.
@@ -509,7 +550,12 @@ async fn reject(shared: &Shared, conn: &Connection, mut send: SendStream, reason
     close(conn, error_code::REJECTED, reason);
 }
 
-async fn run_connection(shared: Arc<Shared>, conn: Connection, agent: AgentRecord) {
+async fn run_connection(
+    shared: Arc<Shared>,
+    conn: Connection,
+    agent: AgentRecord,
+    connecting: OwnedSemaphorePermit,
+) {
     let max = shared.config.max_frame_len();
     let deadline = Instant::now() + shared.config.hello_timeout;
 
@@ -613,6 +659,8 @@ async fn run_connection(shared: Arc<Shared>, conn: Connection, agent: AgentRecor
         tracing::debug!(%error, "cannot send welcome");
         return;
     }
+    // Set up: make room for the next connection.
+    drop(connecting);
 
     // Results the agent kept in its journal: store, then ack each one taken.
     let engine = &shared.app.engine;

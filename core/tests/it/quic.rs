@@ -1016,3 +1016,39 @@ async fn a_restarted_cores_stateless_resets_end_the_old_connections_at_once() {
         .unwrap();
     drop(second);
 }
+
+/// A connection attempt over `max_connecting` is refused at once (the agent retries after
+/// its backoff), and the place is free again as soon as the session in set-up is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_connecting_are_refused_until_a_place_frees() {
+    let core = Core::start_with(QuicConfig {
+        max_connecting: 1,
+        ..QuicConfig::default()
+    })
+    .await;
+    let first = core.enroll("first").await;
+    let second = core.enroll("second").await;
+    // Handshake done, no Hello yet: the one place is taken.
+    let mut setting_up = Agent::connect(&core, &first).await;
+    let refused = Agent::connect_with(
+        client_endpoint(&second.identity, core.app.pki.ca_cert()),
+        core.addr,
+    )
+    .await;
+    let error = refused.err().expect("the second connection is refused");
+    let closed = error.downcast_ref::<ConnectionError>();
+    assert!(
+        matches!(closed, Some(ConnectionError::ConnectionClosed(c))
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
+        "{error:?}"
+    );
+    assert_eq!(core.counters().connections_refused_busy, 1);
+    // The first session opens: the place is free.
+    assert!(matches!(
+        setting_up.hello(VERSION, vec![]).await,
+        Message::Welcome(_)
+    ));
+    let _second = Agent::session(&core, &second).await;
+    assert_eq!(core.counters().connections_refused_busy, 1);
+    core.stop().await;
+}
