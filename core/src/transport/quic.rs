@@ -77,7 +77,7 @@
 //! the way in ([`TransportCounters::datagrams_malformed`]). The endpoint does not grease
 //! the QUIC fixed bit, so a datagram with that bit clear is garbage.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -127,6 +127,12 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// Default of [`QuicConfig::max_connecting`].
 pub const DEFAULT_MAX_CONNECTING: usize = 256;
 
+/// Default of [`QuicConfig::connect_queue_wait`].
+pub const DEFAULT_CONNECT_QUEUE_WAIT: Duration = Duration::from_secs(3);
+
+/// Connection attempts that may wait per place of [`QuicConfig::max_connecting`].
+const WAITING_PER_PLACE: usize = 16;
+
 /// Shortest heartbeat interval accepted (a smaller configured value is raised to it).
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -157,11 +163,16 @@ pub struct QuicConfig {
     /// bounds every frame core reads and writes.
     pub limits: Limits,
     /// Most connections being set up at once (handshake, `Hello`, `Welcome`; default
-    /// [`DEFAULT_MAX_CONNECTING`]). A connection attempt over it is refused at once
-    /// (QUIC `CONNECTION_REFUSED`) and the agent retries after its backoff: after a
-    /// restart, 10,000 agents reconnecting in the same second otherwise all progress
-    /// slowly together and time out (congestion collapse) instead of being served in turn.
+    /// [`DEFAULT_MAX_CONNECTING`]). Further attempts wait, oldest first, for a place (at
+    /// most [`connect_queue_wait`](Self::connect_queue_wait), and at most
+    /// `WAITING_PER_PLACE` (16) per place); an attempt that cannot wait is refused (QUIC
+    /// `CONNECTION_REFUSED`) and the agent retries after its backoff. After a restart,
+    /// 10,000 agents reconnecting in the same second otherwise all progress slowly
+    /// together and time out (congestion collapse) instead of being served in turn.
     pub max_connecting: usize,
+    /// Longest wait of a connection attempt for a place (default
+    /// [`DEFAULT_CONNECT_QUEUE_WAIT`]; the agent's handshake keeps its own timeout).
+    pub connect_queue_wait: Duration,
 }
 
 impl Default for QuicConfig {
@@ -171,6 +182,7 @@ impl Default for QuicConfig {
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
             limits: Limits::default(),
             max_connecting: DEFAULT_MAX_CONNECTING,
+            connect_queue_wait: DEFAULT_CONNECT_QUEUE_WAIT,
         }
     }
 }
@@ -379,10 +391,31 @@ impl QuicServer {
         tracing::info!(%addr, "QUIC agent listener serving (ALPN wharf/1)");
         let mut connections = JoinSet::new();
         let connecting = Arc::new(Semaphore::new(self.shared.config.max_connecting.max(1)));
+        // Connection attempts waiting for a place, oldest first (see `QuicConfig::max_connecting`).
+        let mut waiting: VecDeque<(quinn::Incoming, Instant)> = VecDeque::new();
+        let max_waiting = self
+            .shared
+            .config
+            .max_connecting
+            .saturating_mul(WAITING_PER_PLACE);
+        let refuse = |incoming: quinn::Incoming| {
+            self.shared.count(|c| &c.connections_refused_busy);
+            incoming.refuse();
+        };
         loop {
             if *shutdown.borrow_and_update() {
                 break;
             }
+            // Attempts that waited too long are refused: the agent retries after its backoff.
+            while waiting
+                .front()
+                .is_some_and(|(_, since)| since.elapsed() >= self.shared.config.connect_queue_wait)
+            {
+                if let Some((incoming, _)) = waiting.pop_front() {
+                    refuse(incoming);
+                }
+            }
+            let oldest = waiting.front().map(|(_, since)| *since);
             tokio::select! {
                 changed = shutdown.changed() => {
                     if changed.is_err() {
@@ -390,23 +423,39 @@ impl QuicServer {
                     }
                 }
                 incoming = self.endpoint.accept() => match incoming {
-                    Some(incoming) => match connecting.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            connections.spawn(handle_incoming(self.shared.clone(), incoming, permit));
+                    Some(incoming) => {
+                        let place = if waiting.is_empty() {
+                            connecting.clone().try_acquire_owned().ok()
+                        } else {
+                            None
+                        };
+                        match place {
+                            Some(permit) => {
+                                connections.spawn(handle_incoming(self.shared.clone(), incoming, permit));
+                            }
+                            None if waiting.len() < max_waiting => {
+                                waiting.push_back((incoming, Instant::now()));
+                            }
+                            None => refuse(incoming),
                         }
-                        Err(_) => {
-                            self.shared.count(|c| &c.connections_refused_busy);
-                            incoming.refuse();
-                        }
-                    },
+                    }
                     None => break,
                 },
+                permit = connecting.clone().acquire_owned(), if !waiting.is_empty() => {
+                    if let (Ok(permit), Some((incoming, _))) = (permit, waiting.pop_front()) {
+                        connections.spawn(handle_incoming(self.shared.clone(), incoming, permit));
+                    }
+                }
+                () = sleep_until_opt(oldest.map(|since| since + self.shared.config.connect_queue_wait)) => {}
                 Some(joined) = connections.join_next(), if !connections.is_empty() => {
                     if let Err(error) = joined {
                         tracing::error!(%error, "a QUIC connection task failed");
                     }
                 }
             }
+        }
+        for (incoming, _) in waiting {
+            incoming.refuse();
         }
         tracing::info!(%addr, "QUIC agent listener shutting down");
         self.endpoint.close(
@@ -419,6 +468,13 @@ impl QuicServer {
         .await;
         let _ = tokio::time::timeout(SHUTDOWN_WAIT, self.endpoint.wait_idle()).await;
         Ok(())
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

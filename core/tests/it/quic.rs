@@ -1017,12 +1017,15 @@ async fn a_restarted_cores_stateless_resets_end_the_old_connections_at_once() {
     drop(second);
 }
 
-/// A connection attempt over `max_connecting` is refused at once (the agent retries after
-/// its backoff), and the place is free again as soon as the session in set-up is open.
+/// A connection attempt over `max_connecting` waits for a place (and is served as soon as
+/// the session in set-up is open); one that waited `connect_queue_wait` is refused (the
+/// agent retries after its backoff).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_max_connecting_are_refused_until_a_place_frees() {
+async fn connections_over_max_connecting_wait_for_a_place_or_are_refused() {
+    // Waiting: served once the place frees.
     let core = Core::start_with(QuicConfig {
         max_connecting: 1,
+        connect_queue_wait: WAIT,
         ..QuicConfig::default()
     })
     .await;
@@ -1030,6 +1033,36 @@ async fn connections_over_max_connecting_are_refused_until_a_place_frees() {
     let second = core.enroll("second").await;
     // Handshake done, no Hello yet: the one place is taken.
     let mut setting_up = Agent::connect(&core, &first).await;
+    let endpoint = client_endpoint(&second.identity, core.app.pki.ca_cert());
+    let addr = core.addr;
+    let waiting = tokio::spawn(try_session(endpoint, addr));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second attempt must wait for the place"
+    );
+    assert!(matches!(
+        setting_up.hello(VERSION, vec![]).await,
+        Message::Welcome(_)
+    ));
+    timeout(WAIT, waiting)
+        .await
+        .expect("served once the place is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(core.counters().connections_refused_busy, 0);
+    core.stop().await;
+
+    // Waited too long: refused.
+    let core = Core::start_with(QuicConfig {
+        max_connecting: 1,
+        connect_queue_wait: Duration::from_millis(100),
+        ..QuicConfig::default()
+    })
+    .await;
+    let first = core.enroll("first").await;
+    let second = core.enroll("second").await;
+    let _setting_up = Agent::connect(&core, &first).await;
     let refused = Agent::connect_with(
         client_endpoint(&second.identity, core.app.pki.ca_cert()),
         core.addr,
@@ -1042,13 +1075,6 @@ async fn connections_over_max_connecting_are_refused_until_a_place_frees() {
             if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
         "{error:?}"
     );
-    assert_eq!(core.counters().connections_refused_busy, 1);
-    // The first session opens: the place is free.
-    assert!(matches!(
-        setting_up.hello(VERSION, vec![]).await,
-        Message::Welcome(_)
-    ));
-    let _second = Agent::session(&core, &second).await;
     assert_eq!(core.counters().connections_refused_busy, 1);
     core.stop().await;
 }
