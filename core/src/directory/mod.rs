@@ -189,6 +189,9 @@ struct LastUse {
 #[derive(Default)]
 struct Cache {
     agents: HashMap<Uuid, AgentRecord>,
+    /// The ids of the agents of each name (a name is enrolled again after a revocation);
+    /// put agents with [`Cache::put_agent`] so that it stays in step.
+    agents_by_name: HashMap<String, Vec<Uuid>>,
     /// `last_seen` as last written to the store, per agent.
     seen_persisted: HashMap<Uuid, Option<Timestamp>>,
     enroll_tokens: HashMap<TokenHash, EnrollTokenRecord>,
@@ -202,7 +205,7 @@ impl Cache {
         let mut cache = Cache::default();
         for (_, agent) in store.scan_prefix_json::<AgentRecord>(Table::Agents, b"")? {
             cache.seen_persisted.insert(agent.id, agent.last_seen);
-            cache.agents.insert(agent.id, agent);
+            cache.put_agent(agent);
         }
         for (_, token) in store.scan_prefix_json::<EnrollTokenRecord>(Table::EnrollTokens, b"")? {
             cache.enroll_tokens.insert(token.hash, token);
@@ -219,18 +222,32 @@ impl Cache {
         Ok(cache)
     }
 
+    /// Inserts or replaces an agent's record (an agent's name never changes).
+    fn put_agent(&mut self, agent: AgentRecord) {
+        let ids = self.agents_by_name.entry(agent.name.clone()).or_default();
+        if !ids.contains(&agent.id) {
+            ids.push(agent.id);
+        }
+        self.agents.insert(agent.id, agent);
+    }
+
+    /// The agents with this name (a submit asks for every task: no scan of all agents).
+    fn agents_named<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a AgentRecord> {
+        self.agents_by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.agents.get(id))
+    }
+
     /// The non-revoked agent with this name, if any.
     fn live_agent_named(&self, name: &str) -> Option<&AgentRecord> {
-        self.agents
-            .values()
-            .find(|a| a.name == name && !a.is_revoked())
+        self.agents_named(name).find(|a| !a.is_revoked())
     }
 
     /// The agent with this name: the live one, else the last one enrolled.
     fn agent_named(&self, name: &str) -> Option<&AgentRecord> {
-        self.agents
-            .values()
-            .filter(|a| a.name == name)
+        self.agents_named(name)
             .max_by_key(|a| (!a.is_revoked(), a.enrolled_at, a.id))
     }
 
@@ -720,7 +737,7 @@ impl Directory {
         let mut cache = self.write_cache();
         cache.enroll_tokens.insert(token.hash, token);
         cache.seen_persisted.insert(id, None);
-        cache.agents.insert(id, agent);
+        cache.put_agent(agent);
         drop(cache);
         Ok(EnrollResponse {
             agent_id: id,
@@ -768,7 +785,7 @@ impl Directory {
                 "not_after": not_after.to_string(),
             }));
         self.commit(batch, audit).await?;
-        self.write_cache().agents.insert(agent_id, agent);
+        self.write_cache().put_agent(agent);
         Ok(EnrollResponse {
             agent_id,
             cert_pem: cert.pem,
@@ -848,7 +865,7 @@ impl Directory {
         if let Some(current) = cache.agents.get(&agent_id) {
             agent.last_seen = agent.last_seen.max(current.last_seen);
         }
-        cache.agents.insert(agent_id, agent.clone());
+        cache.put_agent(agent.clone());
         Ok(agent)
     }
 
@@ -993,7 +1010,7 @@ impl Directory {
                 "cert_serials": agent.cert_serials,
             }));
             self.commit(batch, audit).await?;
-            self.write_cache().agents.insert(agent.id, agent.clone());
+            self.write_cache().put_agent(agent.clone());
         }
         self.inner.revocations.revoke_agent(&agent.id.to_string());
         for serial in &agent.cert_serials {

@@ -218,6 +218,20 @@ impl State {
 }
 
 impl State {
+    /// The task as stored, by reference (for writing it).
+    fn stored_ref(&self, id: TaskId) -> Option<model::StoredTaskRef<'_>> {
+        let record = self.queue.get(id)?;
+        let extras = self.extras.get(&id)?;
+        Some(model::StoredTaskRef {
+            record,
+            payload: &extras.payload,
+            priority: &extras.priority,
+            expires_at: &extras.expires_at,
+            timeout: &extras.timeout,
+            result: &extras.result,
+        })
+    }
+
     fn stored(&self, id: TaskId) -> Option<StoredTask> {
         let record = self.queue.get(id)?;
         let extras = self.extras.get(&id)?;
@@ -685,7 +699,7 @@ impl Actor {
 
         let mut batch = Batch::new();
         for id in &outcome.changed {
-            if let Some(task) = state.stored(*id) {
+            if let Some(task) = state.stored_ref(*id) {
                 batch.put_postcard(Table::Tasks, id.as_bytes().to_vec(), &task)?;
             }
         }

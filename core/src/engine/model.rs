@@ -254,6 +254,19 @@ pub struct StoredTask {
     pub result: Option<TaskResult>,
 }
 
+/// A [`StoredTask`] by reference, to write a task without copying it first: it encodes
+/// to exactly the bytes of the owned form (serde encodes `&T` as `T`; the field order
+/// is the same, checked by a test).
+#[derive(Debug, Serialize)]
+pub(crate) struct StoredTaskRef<'a> {
+    pub record: &'a TaskRecord,
+    pub payload: &'a TaskPayload,
+    pub priority: &'a Priority,
+    pub expires_at: &'a Option<Timestamp>,
+    pub timeout: &'a DurationMs,
+    pub result: &'a Option<TaskResult>,
+}
+
 /// A task as the API and the CLI show it (design §7).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskView {

@@ -514,3 +514,31 @@ async fn submits_and_cancels_are_audited_in_the_rounds_own_batch() {
     store.set_fail_commits(false);
     assert_eq!(audit.list(0, 1000).unwrap().len(), 42);
 }
+
+#[tokio::test]
+async fn a_task_written_by_reference_encodes_as_the_owned_record() {
+    let store = MemoryStore::new();
+    let key = Arc::new(SigningKey::generate().unwrap().0);
+    let engine = start(Arc::new(store.clone()), Some(key));
+    let (_, view) = engine
+        .submit(deploy("host-1", "web", IMAGE_V1, Some("k")), "ci")
+        .await
+        .unwrap();
+    let mut session = engine.open_session("host-1", "quic").await.unwrap();
+    let task = next_assign(&mut session).await;
+    let mut result = TaskResult::success(task.id, task.attempt, Timestamp::now());
+    result.outputs.insert("container".into(), "abc".into());
+    engine.result("host-1", result).await.unwrap();
+    // What the engine wrote (through `StoredTaskRef`) decodes, and the owned record
+    // encodes to the very same bytes.
+    let bytes = store
+        .get(Table::Tasks, view.id.as_bytes())
+        .unwrap()
+        .unwrap();
+    let owned: StoredTask = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(owned.result.as_ref().unwrap().outputs["container"], "abc");
+    assert_eq!(postcard::to_allocvec(&owned).unwrap(), bytes);
+    let state = engine.state.read().await;
+    let by_ref = state.stored_ref(view.id).unwrap();
+    assert_eq!(postcard::to_allocvec(&by_ref).unwrap(), bytes);
+}
