@@ -125,7 +125,7 @@ pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
 /// Default of [`QuicConfig::max_connecting`].
-pub const DEFAULT_MAX_CONNECTING: usize = 256;
+pub const DEFAULT_MAX_CONNECTING: usize = 1024;
 
 /// Default of [`QuicConfig::connect_queue_wait`].
 pub const DEFAULT_CONNECT_QUEUE_WAIT: Duration = Duration::from_secs(3);
