@@ -4,7 +4,7 @@
 //! creates, under the data dir: the CA and server certificate (`ca.pem`, `ca.key`,
 //! `server.pem`, `server.key`), the Ed25519 sticker-signing key (`sticker.key`), the
 //! 256-bit master key for registry credentials (`master.key`, unless
-//! `WHARF_MASTER_KEY` gives it), the store (`store/`) and the first admin API token
+//! `WHARF_MASTER_KEY` gives it), the QUIC endpoint secret (`quic-reset.key`), the store (`store/`) and the first admin API token
 //! (returned once in [`Bootstrap::admin_token`] and written to `admin.token`). Every
 //! file holding a key is mode 0600. Later starts reuse them all.
 //!
@@ -19,12 +19,13 @@ use wharf_protocol::{AgentTask, ImageRef, SealedCredentials, TaskPayload};
 use wharf_sticker::{Keyring, SigningKey};
 
 use crate::audit::AuditLog;
-use crate::directory::{Directory, DirectoryConfig, MasterKey};
+use crate::directory::{Directory, DirectoryConfig, MasterKey, LAST_SEEN_PERSIST_INTERVAL};
 use crate::engine::{AgentDirectory, Engine, EngineConfig};
 use crate::pki::{
     read_secret_file, write_secret_file, CaFingerprint, CorePki, RevocationList, SecretString,
 };
 use crate::store::{SledStore, Store};
+use crate::transport::EndpointKey;
 
 /// Environment variable that supplies the master key (64 hex digits) instead of
 /// `DATA/master.key`.
@@ -44,6 +45,9 @@ pub mod files {
     pub const MASTER_KEY: &str = "master.key";
     /// The store directory.
     pub const STORE: &str = "store";
+    /// The QUIC endpoint's stateless-reset and connection-id secret, hex (0600); see
+    /// [`EndpointKey`](crate::transport::EndpointKey).
+    pub const QUIC_RESET_KEY: &str = "quic-reset.key";
 }
 
 /// What [`App::open`] needs.
@@ -89,6 +93,9 @@ pub struct App {
     pub revocations: RevocationList,
     /// The keys stickers are verified with (core's own signing key's public half).
     pub sticker_keyring: Keyring,
+    /// The QUIC endpoint's persistent secret (stateless resets that reach the agents of
+    /// a previous process).
+    pub quic_key: Arc<EndpointKey>,
 }
 
 impl App {
@@ -105,6 +112,9 @@ impl App {
             .with_context(|| format!("cannot set up the PKI in {}", dir.display()))?;
         let signing_key = load_or_create_signing_key(dir)?;
         let master_key = load_or_create_master_key(dir, config.master_key.as_ref())?;
+        let quic_key = Arc::new(EndpointKey::load_or_create(
+            &dir.join(files::QUIC_RESET_KEY),
+        )?);
 
         let store_dir = dir.join(files::STORE);
         let store: Arc<dyn Store> = Arc::new(
@@ -126,6 +136,9 @@ impl App {
         )
         .await
         .context("cannot open the agent directory")?;
+        // Last-seen times are kept in memory and written in batches (see
+        // `Directory::persist_last_seen`); the task ends when the directory is dropped.
+        directory.spawn_last_seen_writer(LAST_SEEN_PERSIST_INTERVAL);
         let admin_token = match directory
             .bootstrap_admin_token()
             .await
@@ -143,7 +156,7 @@ impl App {
             store.clone(),
             Arc::new(DirectoryAdapter(directory.clone())),
             Some(Arc::new(signing_key)),
-            config.engine.clone(),
+            config.engine.clone().with_audit(audit.clone()),
         )
         .context("cannot start the task engine")?;
         let bootstrap = Bootstrap {
@@ -161,6 +174,7 @@ impl App {
                 pki: Arc::new(pki),
                 revocations,
                 sticker_keyring,
+                quic_key,
             },
             bootstrap,
         ))
@@ -301,6 +315,7 @@ mod tests {
             files::ADMIN_TOKEN,
             files::STICKER_KEY,
             files::MASTER_KEY,
+            files::QUIC_RESET_KEY,
             "ca.key",
             "server.key",
         ] {

@@ -1186,7 +1186,20 @@ mod tests {
             fill(&log, 3).await;
             first_hash = log.verify().unwrap().head_hash;
         }
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&path).unwrap());
+        // sled lets go of its file lock once its own threads drop the database, which can
+        // be a moment after the last handle (seen once under heavy load): wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let reopened = loop {
+            match SledStore::open(&path) {
+                Err(crate::store::StoreError::Locked { .. })
+                    if std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => break other.unwrap(),
+            }
+        };
+        let store: Arc<dyn Store> = Arc::new(reopened);
         let log = AuditLog::open(store).unwrap();
         let e = log.append(record(3)).await.unwrap();
         assert_eq!(e.seq, 4);

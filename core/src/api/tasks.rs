@@ -15,13 +15,11 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
-use wharf_protocol::TaskPayload;
 
 use super::error::ApiError;
 use super::extract::{task_id, Auth, RawBody};
 use super::ApiState;
-use crate::audit::AuditRecord;
-use crate::directory::{Action, Principal};
+use crate::directory::Action;
 use crate::engine::{Engine, SubmitRequest, TaskEvent, TaskView};
 use crate::queue::{AgentId, ListFilter, Submission, TaskState};
 
@@ -34,63 +32,14 @@ pub(super) async fn submit(
 ) -> Result<Response, ApiError> {
     let principal = auth.require(Action::SubmitTask)?;
     let request: SubmitRequest = body.parse()?;
-    let detail = submit_detail(&request);
+    // The engine records the `task.submit` audit entry in the task's own batch.
     let (submission, task) = state.app.engine.submit(request, &principal.actor()).await?;
     let status = match submission {
-        Submission::Created(_) => {
-            audit(
-                &state,
-                principal,
-                "task.submit",
-                task.id,
-                detail_with_kind(detail, &task),
-            )
-            .await;
-            StatusCode::CREATED
-        }
+        Submission::Created(_) => StatusCode::CREATED,
         Submission::Existing(_) | Submission::Conflict(_) => StatusCode::OK,
     };
     let location = format!("/v1/tasks/{}", task.id);
     Ok((status, [(header::LOCATION, location)], Json(task)).into_response())
-}
-
-/// What the audit entry of a submit records: where, what and how, never the payload's
-/// environment, hooks or anything else that may hold a secret.
-fn submit_detail(request: &SubmitRequest) -> serde_json::Value {
-    let image = match &request.payload {
-        TaskPayload::Deploy(spec) => Some(spec.image.clone()),
-        _ => None,
-    };
-    json!({
-        "agent": request.agent,
-        "target": request.target,
-        "image": image,
-        "priority": request.priority,
-        "idempotency_key": request.idempotency_key,
-    })
-}
-
-fn detail_with_kind(mut detail: serde_json::Value, task: &TaskView) -> serde_json::Value {
-    if let Some(map) = detail.as_object_mut() {
-        map.insert("kind".into(), json!(task.kind));
-    }
-    detail
-}
-
-/// Appends an audit entry for a change the engine already made durable. The engine
-/// commits its own batches, so this entry follows the change instead of sharing its
-/// batch; a failure to append is logged (the change stands).
-async fn audit(
-    state: &ApiState,
-    principal: &Principal,
-    action: &str,
-    task: Uuid,
-    detail: serde_json::Value,
-) {
-    let record = AuditRecord::new(principal.actor(), action, task.to_string()).with_detail(detail);
-    if let Err(error) = state.app.audit.append(record).await {
-        tracing::error!(%task, action, %error, "the change was made but its audit entry could not be appended");
-    }
 }
 
 /// Query of `GET /v1/tasks`.
@@ -170,15 +119,8 @@ pub(super) async fn cancel(
 ) -> Result<Json<TaskView>, ApiError> {
     let principal = auth.require(Action::CancelTask)?;
     let id = task_id(&id)?;
-    let task = state.app.engine.cancel(id).await?;
-    audit(
-        &state,
-        principal,
-        "task.cancel",
-        id,
-        json!({"agent": task.agent, "target": task.target, "state": task.state}),
-    )
-    .await;
+    // The engine records the `task.cancel` audit entry in the change's own batch.
+    let task = state.app.engine.cancel(id, &principal.actor()).await?;
     Ok(Json(task))
 }
 

@@ -376,6 +376,12 @@ async fn serve(settings: Settings) -> Result<()> {
         .map_err(|e| anyhow!("the QUIC listener panicked: {e}"))?;
     https_result.context("the HTTPS listener failed")?;
     quic_result.context("the QUIC listener failed")?;
+    // Last-seen times are written in batches; write what is left (a kill -9 loses at most
+    // the last interval's times, which are no acknowledged state).
+    match app.directory.persist_last_seen().await {
+        Ok(agents) => tracing::info!(agents, "last-seen times written"),
+        Err(error) => tracing::warn!(%error, "could not write the agents' last-seen times"),
+    }
     tracing::info!("wharf-core stopped");
     Ok(())
 }

@@ -87,9 +87,11 @@ pub const MAX_ENROLL_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Enrollment tokens are forgotten this long after they expired (used or not); until then
 /// a late use gets "expired" or "already used" rather than "unknown".
 pub const ENROLL_TOKEN_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// An agent's `last_seen` is written to the store at most this often (it is kept exact
-/// in memory).
+/// How often core writes the agents' `last_seen` times (kept exact in memory; see
+/// [`Directory::persist_last_seen`]).
 pub const LAST_SEEN_PERSIST_INTERVAL: Duration = Duration::from_secs(30);
+/// Most agent records one batch of [`Directory::persist_last_seen`] writes.
+pub const LAST_SEEN_BATCH: usize = 1024;
 /// An API token's `last_used` is written to the store at most this often.
 pub const LAST_USED_PERSIST_INTERVAL: Duration = Duration::from_secs(60);
 /// Certificate serials kept per agent.
@@ -187,6 +189,9 @@ struct LastUse {
 #[derive(Default)]
 struct Cache {
     agents: HashMap<Uuid, AgentRecord>,
+    /// The ids of the agents of each name (a name is enrolled again after a revocation);
+    /// put agents with [`Cache::put_agent`] so that it stays in step.
+    agents_by_name: HashMap<String, Vec<Uuid>>,
     /// `last_seen` as last written to the store, per agent.
     seen_persisted: HashMap<Uuid, Option<Timestamp>>,
     enroll_tokens: HashMap<TokenHash, EnrollTokenRecord>,
@@ -200,7 +205,7 @@ impl Cache {
         let mut cache = Cache::default();
         for (_, agent) in store.scan_prefix_json::<AgentRecord>(Table::Agents, b"")? {
             cache.seen_persisted.insert(agent.id, agent.last_seen);
-            cache.agents.insert(agent.id, agent);
+            cache.put_agent(agent);
         }
         for (_, token) in store.scan_prefix_json::<EnrollTokenRecord>(Table::EnrollTokens, b"")? {
             cache.enroll_tokens.insert(token.hash, token);
@@ -217,18 +222,32 @@ impl Cache {
         Ok(cache)
     }
 
+    /// Inserts or replaces an agent's record (an agent's name never changes).
+    fn put_agent(&mut self, agent: AgentRecord) {
+        let ids = self.agents_by_name.entry(agent.name.clone()).or_default();
+        if !ids.contains(&agent.id) {
+            ids.push(agent.id);
+        }
+        self.agents.insert(agent.id, agent);
+    }
+
+    /// The agents with this name (a submit asks for every task: no scan of all agents).
+    fn agents_named<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a AgentRecord> {
+        self.agents_by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.agents.get(id))
+    }
+
     /// The non-revoked agent with this name, if any.
     fn live_agent_named(&self, name: &str) -> Option<&AgentRecord> {
-        self.agents
-            .values()
-            .find(|a| a.name == name && !a.is_revoked())
+        self.agents_named(name).find(|a| !a.is_revoked())
     }
 
     /// The agent with this name: the live one, else the last one enrolled.
     fn agent_named(&self, name: &str) -> Option<&AgentRecord> {
-        self.agents
-            .values()
-            .filter(|a| a.name == name)
+        self.agents_named(name)
             .max_by_key(|a| (!a.is_revoked(), a.enrolled_at, a.id))
     }
 
@@ -297,6 +316,21 @@ fn ts(t: SystemTime) -> Timestamp {
 }
 
 /// `later - earlier`, zero when `later` is not later.
+/// `agent` (the record of `id`, if any) if it exists and is not revoked.
+fn check_live(id: Uuid, agent: Option<&AgentRecord>) -> Result<&AgentRecord> {
+    let agent = agent.ok_or_else(|| DirectoryError::UnknownAgent {
+        agent: id.to_string(),
+    })?;
+    match agent.revoked_at {
+        Some(revoked_at) => Err(DirectoryError::AgentRevoked {
+            name: agent.name.clone(),
+            agent_id: id.to_string(),
+            revoked_at,
+        }),
+        None => Ok(agent),
+    }
+}
+
 fn elapsed(later: Timestamp, earlier: Timestamp) -> Duration {
     Duration::from_millis(u64::try_from(later.0.saturating_sub(earlier.0)).unwrap_or(0))
 }
@@ -703,7 +737,7 @@ impl Directory {
         let mut cache = self.write_cache();
         cache.enroll_tokens.insert(token.hash, token);
         cache.seen_persisted.insert(id, None);
-        cache.agents.insert(id, agent);
+        cache.put_agent(agent);
         drop(cache);
         Ok(EnrollResponse {
             agent_id: id,
@@ -751,7 +785,7 @@ impl Directory {
                 "not_after": not_after.to_string(),
             }));
         self.commit(batch, audit).await?;
-        self.write_cache().agents.insert(agent_id, agent);
+        self.write_cache().put_agent(agent);
         Ok(EnrollResponse {
             agent_id,
             cert_pem: cert.pem,
@@ -763,20 +797,7 @@ impl Directory {
     /// The agent `id`, which must exist and not be revoked.
     fn live_agent(&self, id: Uuid) -> Result<AgentRecord> {
         let cache = self.read();
-        let agent = cache
-            .agents
-            .get(&id)
-            .ok_or_else(|| DirectoryError::UnknownAgent {
-                agent: id.to_string(),
-            })?;
-        if let Some(revoked_at) = agent.revoked_at {
-            return Err(DirectoryError::AgentRevoked {
-                name: agent.name.clone(),
-                agent_id: id.to_string(),
-                revoked_at,
-            });
-        }
-        Ok(agent.clone())
+        check_live(id, cache.agents.get(&id)).cloned()
     }
 
     /// Every agent ever enrolled (revoked ones included), by name then enrollment time.
@@ -801,8 +822,12 @@ impl Directory {
     /// and the version, capabilities and transport it reported. Returns the updated
     /// record.
     ///
-    /// A change of version, capabilities or transport is written at once; `last_seen`
-    /// alone at most every [`LAST_SEEN_PERSIST_INTERVAL`] (it is exact in memory).
+    /// A change of version, capabilities or transport is written at once (awaited).
+    /// `last_seen` alone is kept in memory only: a session of an agent whose facts did not
+    /// change writes nothing and waits for nothing (after a restart, 10,000 reconnecting
+    /// agents must not queue behind 10,000 flushes); [`persist_last_seen`](Self::persist_last_seen)
+    /// writes the times in batches (every [`LAST_SEEN_PERSIST_INTERVAL`] with
+    /// [`spawn_last_seen_writer`](Self::spawn_last_seen_writer)).
     /// [`AgentRevoked`](DirectoryError::AgentRevoked) for a revoked agent: refuse the
     /// session.
     pub async fn record_session(
@@ -816,47 +841,144 @@ impl Directory {
         check_text("version", version, MAX_VERSION_LEN, false)?;
         check_capabilities(capabilities)?;
         check_text("transport", transport, MAX_TRANSPORT_LEN, false)?;
-        self.update_seen(agent_id, now, |agent| {
-            let changed = agent.version != version
-                || agent.capabilities != capabilities
-                || agent.transport.as_deref() != Some(transport);
-            agent.version = version.to_string();
-            agent.capabilities = capabilities.to_vec();
-            agent.transport = Some(transport.to_string());
-            changed
-        })
-        .await
-    }
-
-    /// Records that a live agent was seen at `now` (a heartbeat), like
-    /// [`record_session`](Self::record_session) without new session facts.
-    pub async fn touch(&self, agent_id: Uuid, now: SystemTime) -> Result<AgentRecord> {
-        self.update_seen(agent_id, now, |_| false).await
-    }
-
-    async fn update_seen(
-        &self,
-        agent_id: Uuid,
-        now: SystemTime,
-        update: impl FnOnce(&mut AgentRecord) -> bool,
-    ) -> Result<AgentRecord> {
-        let now = ts(now);
+        let same = |agent: &AgentRecord| {
+            agent.version == version
+                && agent.capabilities == capabilities
+                && agent.transport.as_deref() == Some(transport)
+        };
+        if let Some(agent) = self.note_seen(agent_id, ts(now), same)? {
+            return Ok(agent);
+        }
+        // The facts changed: write them (with the last-seen time) and wait.
         let _write = self.inner.write.lock().await;
         let mut agent = self.live_agent(agent_id)?;
-        let changed = update(&mut agent);
-        agent.last_seen = Some(agent.last_seen.map_or(now, |seen| seen.max(now)));
-        let persisted = self.read().seen_persisted.get(&agent_id).copied().flatten();
-        let stale = persisted.is_none_or(|p| elapsed(now, p) >= LAST_SEEN_PERSIST_INTERVAL);
-        if changed || stale {
-            let mut batch = Batch::new();
-            batch.put_json(Table::Agents, agent_id.to_string().into_bytes(), &agent)?;
-            self.inner.store.commit(batch).await?;
-            self.write_cache()
-                .seen_persisted
-                .insert(agent_id, agent.last_seen);
+        agent.version = version.to_string();
+        agent.capabilities = capabilities.to_vec();
+        agent.transport = Some(transport.to_string());
+        agent.last_seen = Some(agent.last_seen.map_or(ts(now), |seen| seen.max(ts(now))));
+        let mut batch = Batch::new();
+        batch.put_json(Table::Agents, agent_id.to_string().into_bytes(), &agent)?;
+        self.inner.store.commit(batch).await?;
+        let mut cache = self.write_cache();
+        cache.seen_persisted.insert(agent_id, agent.last_seen);
+        // A concurrent `note_seen` may have moved the time on meanwhile: keep the later.
+        if let Some(current) = cache.agents.get(&agent_id) {
+            agent.last_seen = agent.last_seen.max(current.last_seen);
         }
-        self.write_cache().agents.insert(agent_id, agent.clone());
+        cache.put_agent(agent.clone());
         Ok(agent)
+    }
+
+    /// Records that a live agent was seen at `now` (a heartbeat): in memory only, like the
+    /// last-seen time of [`record_session`](Self::record_session).
+    pub async fn touch(&self, agent_id: Uuid, now: SystemTime) -> Result<AgentRecord> {
+        self.note_seen(agent_id, ts(now), |_| true)?
+            .ok_or_else(|| DirectoryError::UnknownAgent {
+                agent: agent_id.to_string(),
+            })
+    }
+
+    /// Moves the in-memory `last_seen` of the live agent to `now` (never back) if `same`
+    /// says its recorded facts stand, and returns the record; `None` if they do not (the
+    /// caller writes them). Checked and updated in place under the cache lock, so a
+    /// concurrent revocation is never overwritten.
+    fn note_seen(
+        &self,
+        agent_id: Uuid,
+        now: Timestamp,
+        same: impl FnOnce(&AgentRecord) -> bool,
+    ) -> Result<Option<AgentRecord>> {
+        let mut cache = self.write_cache();
+        let agent = cache.agents.get_mut(&agent_id);
+        check_live(agent_id, agent.as_deref())?;
+        // (`check_live` found it; `None` would only send the caller the slow way.)
+        let Some(agent) = agent else {
+            return Ok(None);
+        };
+        if !same(agent) {
+            return Ok(None);
+        }
+        agent.last_seen = Some(agent.last_seen.map_or(now, |seen| seen.max(now)));
+        Ok(Some(agent.clone()))
+    }
+
+    /// Writes the in-memory `last_seen` of every agent whose time moved since it was last
+    /// written, in batches of at most [`LAST_SEEN_BATCH`] agents (one flush each, shared
+    /// with whatever else commits at the time). Returns how many agents were written.
+    ///
+    /// Crash safety: `last_seen` is not an acknowledged state change (nothing is answered
+    /// or decided on it being durable), so a crash loses at most the times since the
+    /// last call: after a restart an agent shows the older time until it is next seen.
+    ///
+    /// # Errors
+    ///
+    /// The store failed.
+    pub async fn persist_last_seen(&self) -> Result<usize> {
+        let dirty = |cache: &Cache, agent: &AgentRecord| {
+            let persisted = cache.seen_persisted.get(&agent.id).copied().flatten();
+            agent.last_seen.is_some() && agent.last_seen > persisted
+        };
+        let ids: Vec<Uuid> = {
+            let cache = self.read();
+            cache
+                .agents
+                .values()
+                .filter(|agent| dirty(&cache, agent))
+                .map(|agent| agent.id)
+                .collect()
+        };
+        let mut written = 0;
+        for chunk in ids.chunks(LAST_SEEN_BATCH) {
+            let (commit, seen) = {
+                // Under the write lock, so that the batch is submitted in order with the
+                // other writers of agent records: a later revocation (submitted after
+                // this batch) wins on disk as it does in memory.
+                let _write = self.inner.write.lock().await;
+                let cache = self.read();
+                let mut batch = Batch::new();
+                let mut seen = Vec::with_capacity(chunk.len());
+                for agent in chunk.iter().filter_map(|id| cache.agents.get(id)) {
+                    if dirty(&cache, agent) {
+                        batch.put_json(Table::Agents, agent.id.to_string().into_bytes(), agent)?;
+                        seen.push((agent.id, agent.last_seen));
+                    }
+                }
+                if seen.is_empty() {
+                    continue;
+                }
+                (self.inner.store.commit(batch), seen)
+            };
+            commit.await?;
+            let mut cache = self.write_cache();
+            for (id, at) in &seen {
+                let persisted = cache.seen_persisted.entry(*id).or_insert(None);
+                *persisted = (*persisted).max(*at);
+            }
+            written += seen.len();
+        }
+        Ok(written)
+    }
+
+    /// Runs [`persist_last_seen`](Self::persist_last_seen) every `every` until the
+    /// directory is dropped (the task holds no strong reference to it). Must be called
+    /// inside a tokio runtime. A failed write is logged and retried at the next tick.
+    pub fn spawn_last_seen_writer(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let directory = Directory { inner };
+                if let Err(error) = directory.persist_last_seen().await {
+                    tracing::warn!(%error, "could not write the agents' last-seen times; retrying later");
+                }
+            }
+        })
     }
 
     /// Revokes an agent given by name (or id): durable, then its id is added to the
@@ -888,7 +1010,7 @@ impl Directory {
                 "cert_serials": agent.cert_serials,
             }));
             self.commit(batch, audit).await?;
-            self.write_cache().agents.insert(agent.id, agent.clone());
+            self.write_cache().put_agent(agent.clone());
         }
         self.inner.revocations.revoke_agent(&agent.id.to_string());
         for serial in &agent.cert_serials {

@@ -62,6 +62,30 @@ async fn open_dir(
     .await
 }
 
+/// The actions of the fixture's audit log, in order.
+fn audit_actions(f: &Fixture) -> Vec<String> {
+    f.dir
+        .audit()
+        .list(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect()
+}
+
+/// The fixture's directory opened again on its store (a restart).
+async fn reopen(f: &Fixture) -> Directory {
+    open_dir(
+        Arc::new(f.store.clone()),
+        f.ca.clone(),
+        f.key,
+        &f.clock,
+        RevocationList::new(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn fixture() -> Fixture {
     let store = MemoryStore::new();
     let clock = TestClock::new();
@@ -498,16 +522,20 @@ async fn renew_records_the_new_serial() {
 }
 
 #[tokio::test]
-async fn record_session_writes_last_seen_coarsely() {
+async fn record_session_keeps_last_seen_in_memory_and_writes_it_in_batches() {
     let f = fixture().await;
     let id = enroll(&f, "web-1").await.agent_id;
-    let stored = |f: &Fixture| -> AgentRecord {
+    let other = enroll(&f, "web-2").await.agent_id;
+    let stored = |f: &Fixture, id: Uuid| -> AgentRecord {
         f.store
             .get_json(Table::Agents, id.to_string().as_bytes())
             .unwrap()
             .unwrap()
     };
+    let commits = |f: &Fixture| f.store.stats().commits;
     let caps = vec!["docker".to_string(), "sealed-credentials".to_string()];
+
+    // The first session reports new facts (transport, capabilities): written at once.
     let t1 = f.clock.now();
     let a = f
         .dir
@@ -516,33 +544,101 @@ async fn record_session_writes_last_seen_coarsely() {
         .unwrap();
     assert_eq!(a.last_seen, Some(ts(t1)));
     assert_eq!(a.transport.as_deref(), Some("quic"));
-    assert_eq!(stored(&f).last_seen, Some(ts(t1)));
+    assert_eq!(stored(&f, id).transport.as_deref(), Some("quic"));
+    assert_eq!(stored(&f, id).last_seen, Some(ts(t1)));
 
-    // 10 s later: in memory only.
-    let t2 = t1 + Duration::from_secs(10);
-    f.dir.touch(id, t2).await.unwrap();
-    assert_eq!(f.dir.agent_by_id(id).unwrap().last_seen, Some(ts(t2)));
-    assert_eq!(stored(&f).last_seen, Some(ts(t1)));
-
-    // A new transport is written at once.
-    let t3 = t1 + Duration::from_secs(15);
-    f.dir
-        .record_session(id, "0.1.0", &caps, "poll", t3)
+    // A new session with the same facts (a reconnect) and heartbeats: memory only, no
+    // commit at all, however long after the last write.
+    let before = commits(&f);
+    let t2 = t1 + 2 * LAST_SEEN_PERSIST_INTERVAL;
+    let a = f
+        .dir
+        .record_session(id, "0.1.0", &caps, "quic", t2)
         .await
         .unwrap();
-    assert_eq!(stored(&f).transport.as_deref(), Some("poll"));
-    assert_eq!(stored(&f).last_seen, Some(ts(t3)));
+    assert_eq!(a.last_seen, Some(ts(t2)));
+    let t3 = t2 + Duration::from_secs(5);
+    f.dir.touch(id, t3).await.unwrap();
+    f.dir.touch(other, t3).await.unwrap();
+    assert_eq!(commits(&f), before, "no write for last-seen alone");
+    assert_eq!(f.dir.agent_by_id(id).unwrap().last_seen, Some(ts(t3)));
+    assert_eq!(stored(&f, id).last_seen, Some(ts(t1)));
+    assert_eq!(stored(&f, other).last_seen, None);
+    // Never backwards.
+    f.dir.touch(id, t1).await.unwrap();
+    assert_eq!(f.dir.agent_by_id(id).unwrap().last_seen, Some(ts(t3)));
 
-    // 30 s after the last write: written.
-    let t4 = t3 + LAST_SEEN_PERSIST_INTERVAL;
-    f.dir.touch(id, t4).await.unwrap();
-    assert_eq!(stored(&f).last_seen, Some(ts(t4)));
+    // One batch writes both agents' times; a second call has nothing to write.
+    assert_eq!(f.dir.persist_last_seen().await.unwrap(), 2);
+    assert_eq!(commits(&f), before + 1, "one batch");
+    assert_eq!(stored(&f, id).last_seen, Some(ts(t3)));
+    assert_eq!(stored(&f, other).last_seen, Some(ts(t3)));
+    assert_eq!(stored(&f, id).transport.as_deref(), Some("quic"));
+    assert_eq!(f.dir.persist_last_seen().await.unwrap(), 0);
+    assert_eq!(commits(&f), before + 1);
 
-    // Sessions are not audited.
-    assert_eq!(f.dir.audit().verify().unwrap().entries, 2);
+    // A change of transport is written at once, with the time.
+    let t4 = t3 + Duration::from_secs(1);
+    f.dir
+        .record_session(id, "0.1.0", &caps, "poll", t4)
+        .await
+        .unwrap();
+    assert_eq!(stored(&f, id).transport.as_deref(), Some("poll"));
+    assert_eq!(stored(&f, id).last_seen, Some(ts(t4)));
+
+    // The times written survive a reopen; revoked agents are refused, and a revocation
+    // is not undone by a later batch of times.
+    f.dir.touch(other, t4).await.unwrap();
+    f.dir.revoke_agent("web-2", "alice").await.unwrap();
+    f.dir.persist_last_seen().await.unwrap();
+    assert!(stored(&f, other).is_revoked());
+    let err = f.dir.touch(other, t4).await.unwrap_err();
+    assert!(matches!(err, DirectoryError::AgentRevoked { .. }), "{err}");
+    let reopened = reopen(&f).await;
+    assert_eq!(reopened.agent_by_id(id).unwrap().last_seen, Some(ts(t4)));
+    assert!(reopened.agent_by_id(other).unwrap().is_revoked());
+
+    // Sessions are not audited (2 enrollments, 2 tokens... and the revocation).
+    let actions = audit_actions(&f);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| a.contains("session") || a.contains("seen")),
+        "{actions:?}"
+    );
 
     let err = f.dir.touch(Uuid::new_v4(), t4).await.unwrap_err();
     assert!(matches!(err, DirectoryError::UnknownAgent { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn the_last_seen_writer_runs_and_ends_with_the_directory() {
+    let f = fixture().await;
+    let id = enroll(&f, "web-1").await.agent_id;
+    let t1 = f.clock.now();
+    f.dir.touch(id, t1).await.unwrap();
+    let writer = f.dir.spawn_last_seen_writer(Duration::from_millis(10));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stored: AgentRecord = f
+            .store
+            .get_json(Table::Agents, id.to_string().as_bytes())
+            .unwrap()
+            .unwrap();
+        if stored.last_seen == Some(ts(t1)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not written within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(f);
+    tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .expect("the writer ends once the directory is gone")
+        .unwrap();
 }
 
 #[tokio::test]
@@ -706,14 +802,7 @@ async fn api_tokens_roles_and_revocation() {
         assert!(!json.contains(&ApiToken::hash(t.expose()).to_hex()));
         assert!(!contains(&bytes, t.expose().as_bytes()));
     }
-    let actions: Vec<String> = f
-        .dir
-        .audit()
-        .list(0, 100)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.action)
-        .collect();
+    let actions = audit_actions(&f);
     assert_eq!(
         actions,
         [
@@ -749,15 +838,7 @@ async fn bootstrap_again_when_every_admin_is_revoked() {
     b.put_json(Table::ApiTokens, api_token_key(&id2), &rec)
         .unwrap();
     f.store.commit(b).await.unwrap();
-    let reopened = open_dir(
-        Arc::new(f.store.clone()),
-        f.ca.clone(),
-        f.key,
-        &f.clock,
-        RevocationList::new(),
-    )
-    .await
-    .unwrap();
+    let reopened = reopen(&f).await;
     let (_, token) = reopened.bootstrap_admin_token().await.unwrap().unwrap();
     assert_eq!(
         reopened.authenticate(token.expose()).unwrap().role,
@@ -790,15 +871,7 @@ async fn last_used_is_recorded_coarsely_and_survives_reopen() {
     let t = Timestamp(T0 + 5000 + LAST_USED_PERSIST_INTERVAL.as_millis() as i64);
     assert_eq!(stored(&f), Some(t));
 
-    let reopened = open_dir(
-        Arc::new(f.store.clone()),
-        f.ca.clone(),
-        f.key,
-        &f.clock,
-        RevocationList::new(),
-    )
-    .await
-    .unwrap();
+    let reopened = reopen(&f).await;
     assert_eq!(reopened.list_api_tokens()[0].last_used, Some(t));
     assert!(reopened.authenticate(token.expose()).is_some());
 }
@@ -963,15 +1036,7 @@ async fn altered_credentials_do_not_decrypt() {
     b.put_json(Table::Registries, b"b.example".to_vec(), &rec)
         .unwrap();
     f.store.commit(b).await.unwrap();
-    let reopened = open_dir(
-        Arc::new(f.store.clone()),
-        f.ca.clone(),
-        f.key,
-        &f.clock,
-        RevocationList::new(),
-    )
-    .await
-    .unwrap();
+    let reopened = reopen(&f).await;
     assert!(reopened
         .credentials_for_registry("a.example")
         .unwrap()

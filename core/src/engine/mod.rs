@@ -29,6 +29,7 @@ use wharf_protocol::{
 };
 use wharf_sticker::SigningKey;
 
+use crate::audit::{AuditLog, AuditRecord};
 use crate::queue::{
     self, AgentId, Effect, ListFilter, NewTask, Outcome, Queue, QueueError, ResultSummary,
     Submission, TaskId, TaskRecord, TaskState,
@@ -66,6 +67,19 @@ pub struct EngineConfig {
     pub event_buffer: usize,
     /// The clock, in milliseconds since the Unix epoch (replaceable in tests).
     pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// The audit log that records every submit (`task.submit`) and cancel
+    /// (`task.cancel`), in the same batch as the change (see [`Engine::start`]). It
+    /// must live in the store the engine is started on. `None`: nothing is recorded
+    /// (unit tests).
+    pub audit: Option<AuditLog>,
+}
+
+impl EngineConfig {
+    /// Records submits and cancels in `audit` (which must live in the engine's store).
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -73,6 +87,7 @@ impl std::fmt::Debug for EngineConfig {
         f.debug_struct("EngineConfig")
             .field("queue", &self.queue)
             .field("event_buffer", &self.event_buffer)
+            .field("audit", &self.audit.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -83,6 +98,7 @@ impl Default for EngineConfig {
             queue: queue::Config::default(),
             event_buffer: 4096,
             clock: Arc::new(system_now_ms),
+            audit: None,
         }
     }
 }
@@ -248,6 +264,20 @@ impl State {
 }
 
 impl State {
+    /// The task as stored, by reference (for writing it).
+    fn stored_ref(&self, id: TaskId) -> Option<model::StoredTaskRef<'_>> {
+        let record = self.queue.get(id)?;
+        let extras = self.extras.get(&id)?;
+        Some(model::StoredTaskRef {
+            record,
+            payload: &extras.payload,
+            priority: &extras.priority,
+            expires_at: &extras.expires_at,
+            timeout: &extras.timeout,
+            result: &extras.result,
+        })
+    }
+
     fn stored(&self, id: TaskId) -> Option<StoredTask> {
         let record = self.queue.get(id)?;
         let extras = self.extras.get(&id)?;
@@ -274,6 +304,7 @@ enum Command {
     },
     Cancel {
         id: TaskId,
+        actor: String,
         reply: oneshot::Sender<Result<TaskView, EngineError>>,
     },
     Open {
@@ -321,6 +352,12 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 impl Engine {
     /// Loads every task from the store, rebuilds the queue and starts the actor.
+    ///
+    /// With [`EngineConfig::audit`] set, the audit entries of a round's submits and
+    /// cancels go into the round's batch: they become durable in the same flush as the
+    /// changes they record, before anyone is answered, and a round's entries are
+    /// appended in one go (one hold of the log's append lock per round, not one flush
+    /// per entry).
     ///
     /// Tasks that were dispatched but not accepted when core stopped are re-sent when
     /// their agent reconnects (the agent's journal answers a re-sent id from its record,
@@ -383,6 +420,7 @@ impl Engine {
             directory: directory.clone(),
             signing_key,
             clock: config.clock.clone(),
+            audit: config.audit.clone(),
         };
         tokio::spawn(actor.run());
         Ok(Engine {
@@ -406,7 +444,8 @@ impl Engine {
 
     /// Submits a task for `requester`. Answers once the task is durable: `Created`
     /// (HTTP 201) or, for a repeated idempotency key with the same payload, `Existing`
-    /// (HTTP 200) with the existing task.
+    /// (HTTP 200) with the existing task. A created task's `task.submit` audit entry
+    /// (actor `requester`) is durable with it.
     ///
     /// # Errors
     ///
@@ -430,14 +469,17 @@ impl Engine {
         .await?
     }
 
-    /// Cancels a task (design §3): queued → cancelled; running → the agent is asked to
-    /// abort and roll back, and its result decides the final state.
+    /// Cancels a task for `actor` (design §3): queued → cancelled; running → the agent
+    /// is asked to abort and roll back, and its result decides the final state. The
+    /// `task.cancel` audit entry is durable with the change.
     ///
     /// # Errors
     ///
     /// Unknown task, or a task that already finished.
-    pub async fn cancel(&self, id: TaskId) -> Result<TaskView, EngineError> {
-        self.call(|reply| Command::Cancel { id, reply }).await?
+    pub async fn cancel(&self, id: TaskId, actor: &str) -> Result<TaskView, EngineError> {
+        let actor = actor.to_string();
+        self.call(|reply| Command::Cancel { id, actor, reply })
+            .await?
     }
 
     /// The task, as stored.
@@ -676,6 +718,16 @@ struct Actor {
     directory: Arc<dyn AgentDirectory>,
     signing_key: Option<Arc<SigningKey>>,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    audit: Option<AuditLog>,
+}
+
+/// An audit entry a round owes: written into the round's batch once every command of
+/// the round is applied.
+enum AuditNote {
+    /// A created task (the record is complete).
+    Submit(AuditRecord),
+    /// A cancelled task; the detail (state after the round) is read at the end.
+    Cancel { id: TaskId, actor: String },
 }
 
 /// Most commands applied in one round (one durable batch).
@@ -704,7 +756,7 @@ impl Actor {
             match self.round(commands).await {
                 Ok(next) => wakeup = next,
                 Err(error) => {
-                    tracing::error!(%error, "task engine stopped: the store failed");
+                    tracing::error!(%error, "task engine stopped");
                     return;
                 }
             }
@@ -712,19 +764,20 @@ impl Actor {
     }
 
     /// Applies the commands, commits the changes, then answers and performs effects.
-    async fn round(&mut self, commands: Vec<Command>) -> Result<Option<u64>, StoreError> {
+    async fn round(&mut self, commands: Vec<Command>) -> Result<Option<u64>, EngineError> {
         let now = (self.clock)();
         let mut state = self.state.write().await;
         let mut outcome = Outcome::default();
         let mut replies = Vec::with_capacity(commands.len());
         let mut closes = Vec::new();
+        let mut notes = Vec::new();
         for command in commands {
             self.apply(
                 &mut state,
                 command,
                 now,
                 &mut outcome,
-                &mut replies,
+                (&mut replies, &mut notes),
                 &mut closes,
             );
         }
@@ -735,18 +788,43 @@ impl Actor {
 
         let mut batch = Batch::new();
         for id in &outcome.changed {
-            if let Some(task) = state.stored(*id) {
+            if let Some(task) = state.stored_ref(*id) {
                 batch.put_postcard(Table::Tasks, id.as_bytes().to_vec(), &task)?;
             }
         }
+        // The audit entries share the round's batch (and flush): durable together with
+        // the changes, before anyone is answered.
+        let audit = self.audit.clone();
+        let records = audit_records(&state, notes);
+        let pending = match &audit {
+            Some(log) if !records.is_empty() => {
+                match log.append_batch_all(&mut batch, records).await {
+                    Ok(pending) => Some(pending),
+                    Err(error) => {
+                        // The changes are applied in memory but cannot be recorded: the
+                        // engine stops as for a store failure (nothing is acknowledged
+                        // without its audit entry).
+                        let message = format!("the audit log cannot be appended to: {error}");
+                        for reply in replies {
+                            fail_reply(reply, &message);
+                        }
+                        return Err(EngineError::Store(message));
+                    }
+                }
+            }
+            _ => None,
+        };
         if !batch.is_empty() {
             if let Err(error) = self.store.commit(batch).await {
                 let message = error.to_string();
                 for reply in replies {
                     fail_reply(reply, &message);
                 }
-                return Err(error);
+                return Err(error.into());
             }
+        }
+        if let Some(pending) = pending {
+            pending.committed();
         }
         // Durable: answer, then act.
         for reply in replies {
@@ -790,7 +868,7 @@ impl Actor {
         command: Command,
         now: u64,
         outcome: &mut Outcome,
-        replies: &mut Vec<Reply>,
+        (replies, notes): (&mut Vec<Reply>, &mut Vec<AuditNote>),
         closes: &mut Vec<(SessionEntry, String)>,
     ) {
         match command {
@@ -799,10 +877,17 @@ impl Actor {
                 requester,
                 reply,
             } => {
+                let detail = model::submit_audit_detail(&req);
                 let result = self.submit(state, *req, &requester, now, outcome);
+                if let Ok((Submission::Created(_), id)) = &result {
+                    notes.push(AuditNote::Submit(
+                        AuditRecord::new(requester, "task.submit", id.to_string())
+                            .with_detail(detail),
+                    ));
+                }
                 replies.push(Reply::Submit(reply, result));
             }
-            Command::Cancel { id, reply } => {
+            Command::Cancel { id, actor, reply } => {
                 let result = state
                     .queue
                     .cancel(id, now)
@@ -811,6 +896,9 @@ impl Actor {
                         id
                     })
                     .map_err(EngineError::from);
+                if result.is_ok() {
+                    notes.push(AuditNote::Cancel { id, actor });
+                }
                 replies.push(Reply::View(reply, result));
             }
             Command::Open {
@@ -1105,6 +1193,26 @@ impl Actor {
             }
         }
     }
+}
+
+/// The audit records of a round's notes, in the order of the commands.
+fn audit_records(state: &State, notes: Vec<AuditNote>) -> Vec<AuditRecord> {
+    notes
+        .into_iter()
+        .map(|note| match note {
+            AuditNote::Submit(record) => record,
+            AuditNote::Cancel { id, actor } => {
+                let detail = state.queue.get(id).map_or(serde_json::Value::Null, |r| {
+                    serde_json::json!({
+                        "agent": r.agent.as_str(),
+                        "target": r.target,
+                        "state": r.state,
+                    })
+                });
+                AuditRecord::new(actor, "task.cancel", id.to_string()).with_detail(detail)
+            }
+        })
+        .collect()
 }
 
 fn fail_reply(reply: Reply, message: &str) {

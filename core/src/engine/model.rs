@@ -50,6 +50,23 @@ pub struct SubmitRequest {
     pub max_attempts: Option<u32>,
 }
 
+/// The detail of a submit's `task.submit` audit entry: where, what and how, never the
+/// payload's environment, hooks or anything else that may hold a secret.
+pub fn submit_audit_detail(request: &SubmitRequest) -> serde_json::Value {
+    let image = match &request.payload {
+        TaskPayload::Deploy(spec) => Some(spec.image.clone()),
+        _ => None,
+    };
+    serde_json::json!({
+        "agent": request.agent,
+        "target": request.target,
+        "kind": request.payload.kind(),
+        "image": image,
+        "priority": request.priority,
+        "idempotency_key": request.idempotency_key,
+    })
+}
+
 /// A submit that the engine refused before anything was stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidSubmit {
@@ -241,6 +258,19 @@ pub struct StoredTask {
     pub timeout: DurationMs,
     /// The agent's full result, once one was accepted.
     pub result: Option<TaskResult>,
+}
+
+/// A [`StoredTask`] by reference, to write a task without copying it first: it encodes
+/// to exactly the bytes of the owned form (serde encodes `&T` as `T`; the field order
+/// is the same, checked by a test).
+#[derive(Debug, Serialize)]
+pub(crate) struct StoredTaskRef<'a> {
+    pub record: &'a TaskRecord,
+    pub payload: &'a TaskPayload,
+    pub priority: &'a Priority,
+    pub expires_at: &'a Option<Timestamp>,
+    pub timeout: &'a DurationMs,
+    pub result: &'a Option<TaskResult>,
 }
 
 /// A task as the API and the CLI show it (design §7).

@@ -8,6 +8,7 @@ use wharf_protocol::{DeploySpec, Priority, TaskPayload, TaskResult, Timestamp};
 use wharf_sticker::{Keyring, SigningKey, Verification};
 
 use super::*;
+use crate::audit::AuditLog;
 use crate::store::{MemoryStore, SledStore};
 
 const IMAGE_V1: &str =
@@ -226,9 +227,12 @@ async fn one_task_per_target_in_order_and_cancel_queued() {
     let mut session = engine.open_session("host-1", "quic").await.unwrap();
     assert_eq!(next_assign(&mut session).await.id, a.id);
     assert!(session.commands.try_recv().is_err(), "b must wait for a");
-    let cancelled = engine.cancel(c.id).await.unwrap();
+    let cancelled = engine.cancel(c.id, "alice").await.unwrap();
     assert_eq!(cancelled.state, TaskState::Cancelled);
-    assert!(engine.cancel(c.id).await.is_err(), "already finished");
+    assert!(
+        engine.cancel(c.id, "alice").await.is_err(),
+        "already finished"
+    );
     engine
         .result("host-1", TaskResult::success(a.id, 1, Timestamp::now()))
         .await
@@ -563,4 +567,121 @@ async fn rollback_carries_a_sticker_of_the_previous_release_and_becomes_the_reco
         engine.submit(forged, "alice").await,
         Err(EngineError::Invalid(_))
     ));
+}
+
+#[tokio::test]
+async fn submits_and_cancels_are_audited_in_the_rounds_own_batch() {
+    let store = MemoryStore::new();
+    let shared: Arc<dyn Store> = Arc::new(store.clone());
+    let audit = AuditLog::open(shared.clone()).unwrap();
+    let engine = Engine::start(
+        shared,
+        FakeDirectory::with(&["host-1"]),
+        None,
+        EngineConfig::default().with_audit(audit.clone()),
+    )
+    .unwrap();
+
+    // 40 concurrent submits: every one is answered with its entry already stored, and
+    // the entries share the rounds' commits instead of one commit each.
+    let before = store.stats().commits;
+    let mut handles = Vec::new();
+    for i in 0..40 {
+        let engine = engine.clone();
+        let audit = audit.clone();
+        handles.push(tokio::spawn(async move {
+            let (_, view) = engine
+                .submit(deploy("host-1", &format!("web-{i}"), IMAGE_V1, None), "ci")
+                .await
+                .unwrap();
+            let found = audit
+                .list(0, 1000)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action == "task.submit" && e.target == view.id.to_string())
+                .count();
+            (view.id, found)
+        }));
+    }
+    let mut ids = Vec::new();
+    for handle in handles {
+        let (id, found) = handle.await.unwrap();
+        assert_eq!(
+            found, 1,
+            "task {id} answered before its audit entry was stored"
+        );
+        ids.push(id);
+    }
+    let commits = store.stats().commits - before;
+    assert!(
+        commits < 40,
+        "40 submits took {commits} commits: the audit entries do not share the rounds' batches"
+    );
+
+    // An idempotent repeat is not recorded again; a cancel is, by its actor.
+    let (_, first) = engine
+        .submit(deploy("host-1", "api", IMAGE_V1, Some("k1")), "ci")
+        .await
+        .unwrap();
+    let (again, _) = engine
+        .submit(deploy("host-1", "api", IMAGE_V1, Some("k1")), "ci")
+        .await
+        .unwrap();
+    assert!(matches!(again, Submission::Existing(_)));
+    engine.cancel(ids[39], "alice").await.unwrap();
+    let entries = audit.list(0, 1000).unwrap();
+    assert_eq!(entries.len(), 42, "40 submits, 1 created by key, 1 cancel");
+    let submit = entries
+        .iter()
+        .find(|e| e.target == first.id.to_string())
+        .unwrap();
+    assert_eq!(submit.actor, "ci");
+    assert_eq!(submit.detail["kind"], "deploy");
+    assert_eq!(submit.detail["image"], IMAGE_V1);
+    assert_eq!(submit.detail["idempotency_key"], "k1");
+    let cancel = entries.last().unwrap();
+    assert_eq!(
+        (cancel.action.as_str(), cancel.actor.as_str()),
+        ("task.cancel", "alice")
+    );
+    assert_eq!(cancel.target, ids[39].to_string());
+    assert_eq!(cancel.detail["state"], "cancelled");
+    assert_eq!(audit.verify().unwrap().entries, 42);
+
+    // A failed commit keeps neither the task nor its entry, and answers an error.
+    store.set_fail_commits(true);
+    assert!(engine
+        .submit(deploy("host-1", "db", IMAGE_V1, None), "ci")
+        .await
+        .is_err());
+    store.set_fail_commits(false);
+    assert_eq!(audit.list(0, 1000).unwrap().len(), 42);
+}
+
+#[tokio::test]
+async fn a_task_written_by_reference_encodes_as_the_owned_record() {
+    let store = MemoryStore::new();
+    let key = Arc::new(SigningKey::generate().unwrap().0);
+    let engine = start(Arc::new(store.clone()), Some(key));
+    let (_, view) = engine
+        .submit(deploy("host-1", "web", IMAGE_V1, Some("k")), "ci")
+        .await
+        .unwrap();
+    let mut session = engine.open_session("host-1", "quic").await.unwrap();
+    let task = next_assign(&mut session).await;
+    let mut result = TaskResult::success(task.id, task.attempt, Timestamp::now());
+    result.outputs.insert("container".into(), "abc".into());
+    engine.result("host-1", result).await.unwrap();
+    // What the engine wrote (through `StoredTaskRef`) decodes, and the owned record
+    // encodes to the very same bytes.
+    let bytes = store
+        .get(Table::Tasks, view.id.as_bytes())
+        .unwrap()
+        .unwrap();
+    let owned: StoredTask = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(owned.result.as_ref().unwrap().outputs["container"], "abc");
+    assert_eq!(postcard::to_allocvec(&owned).unwrap(), bytes);
+    let state = engine.state.read().await;
+    let by_ref = state.stored_ref(view.id).unwrap();
+    assert_eq!(postcard::to_allocvec(&by_ref).unwrap(), bytes);
 }

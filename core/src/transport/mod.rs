@@ -14,8 +14,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod endpoint_key;
 pub mod quic;
 
+pub use endpoint_key::{EndpointKey, MIN_RESET_INTERVAL};
 pub use quic::{serve, server_config, QuicConfig, QuicServer};
 
 macro_rules! counters {
@@ -64,6 +66,9 @@ counters! {
     /// Datagrams that cannot be a QUIC packet for this endpoint (empty, fixed bit clear,
     /// truncated long header, shorter than any short-header packet); dropped.
     datagrams_malformed,
+    /// Connection attempts refused at once because `max_connecting` connections were
+    /// being set up (the agent retries after its backoff).
+    connections_refused_busy,
     /// QUIC handshakes that completed (mutual TLS included).
     handshakes_completed,
     /// QUIC handshakes that failed: foreign or revoked client certificate, no certificate,

@@ -77,7 +77,7 @@
 //! the way in ([`TransportCounters::datagrams_malformed`]). The endpoint does not grease
 //! the QUIC fixed bit, so a datagram with that bit clear is garbage.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -90,7 +90,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Connection, RecvStream, Runtime as _, SendStream, UdpPoller, VarInt};
 use rustls_pki_types::CertificateDer;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -119,6 +119,19 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Default time an agent has, from the end of the handshake, to open its control stream
 /// and send `Hello`.
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Receive and send buffer asked for the listener's UDP socket (the kernel caps it at
+/// `net.core.rmem_max`/`wmem_max`).
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Default of [`QuicConfig::max_connecting`].
+pub const DEFAULT_MAX_CONNECTING: usize = 1024;
+
+/// Default of [`QuicConfig::connect_queue_wait`].
+pub const DEFAULT_CONNECT_QUEUE_WAIT: Duration = Duration::from_secs(3);
+
+/// Connection attempts that may wait per place of [`QuicConfig::max_connecting`].
+const WAITING_PER_PLACE: usize = 16;
 
 /// Shortest heartbeat interval accepted (a smaller configured value is raised to it).
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
@@ -149,6 +162,17 @@ pub struct QuicConfig {
     /// Limits announced in `Welcome`; [`Limits::max_frame_len`] (at most 16 MiB) also
     /// bounds every frame core reads and writes.
     pub limits: Limits,
+    /// Most connections being set up at once (handshake, `Hello`, `Welcome`; default
+    /// [`DEFAULT_MAX_CONNECTING`]). Further attempts wait, oldest first, for a place (at
+    /// most [`connect_queue_wait`](Self::connect_queue_wait), and at most
+    /// `WAITING_PER_PLACE` (16) per place); an attempt that cannot wait is refused (QUIC
+    /// `CONNECTION_REFUSED`) and the agent retries after its backoff. After a restart,
+    /// 10,000 agents reconnecting in the same second otherwise all progress slowly
+    /// together and time out (congestion collapse) instead of being served in turn.
+    pub max_connecting: usize,
+    /// Longest wait of a connection attempt for a place (default
+    /// [`DEFAULT_CONNECT_QUEUE_WAIT`]; the agent's handshake keeps its own timeout).
+    pub connect_queue_wait: Duration,
 }
 
 impl Default for QuicConfig {
@@ -157,6 +181,8 @@ impl Default for QuicConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
             limits: Limits::default(),
+            max_connecting: DEFAULT_MAX_CONNECTING,
+            connect_queue_wait: DEFAULT_CONNECT_QUEUE_WAIT,
         }
     }
 }
@@ -295,6 +321,18 @@ impl QuicServer {
         socket
             .set_nonblocking(true)
             .context("cannot make the QUIC socket non-blocking")?;
+        // Room for bursts: after a restart thousands of agents' packets arrive at once,
+        // and a datagram dropped for want of buffer leaves its agent to retransmission
+        // backoff or its idle timeout. The kernel caps the size (net.core.rmem_max).
+        let sock = socket2::SockRef::from(&socket);
+        for (what, result) in [
+            ("receive", sock.set_recv_buffer_size(SOCKET_BUFFER)),
+            ("send", sock.set_send_buffer_size(SOCKET_BUFFER)),
+        ] {
+            if let Err(error) = result {
+                tracing::warn!(%error, what, "cannot enlarge the QUIC socket's buffer");
+            }
+        }
         let runtime = Arc::new(quinn::TokioRuntime);
         let inner = runtime
             .wrap_udp_socket(socket)
@@ -303,7 +341,9 @@ impl QuicServer {
             inner,
             counters: counters.clone(),
         });
-        let mut endpoint_config = quinn::EndpointConfig::default();
+        // The reset and connection-id keys of the data dir: a restarted core's stateless
+        // resets end the connections of the process before it (see `EndpointKey`).
+        let mut endpoint_config = app.quic_key.endpoint_config();
         // Without greasing, a clear fixed bit marks a datagram as garbage (counted).
         endpoint_config.grease_quic_bit(false);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
@@ -350,10 +390,32 @@ impl QuicServer {
         let addr = self.local_addr()?;
         tracing::info!(%addr, "QUIC agent listener serving (ALPN wharf/1)");
         let mut connections = JoinSet::new();
+        let connecting = Arc::new(Semaphore::new(self.shared.config.max_connecting.max(1)));
+        // Connection attempts waiting for a place, oldest first (see `QuicConfig::max_connecting`).
+        let mut waiting: VecDeque<(quinn::Incoming, Instant)> = VecDeque::new();
+        let max_waiting = self
+            .shared
+            .config
+            .max_connecting
+            .saturating_mul(WAITING_PER_PLACE);
+        let refuse = |incoming: quinn::Incoming| {
+            self.shared.count(|c| &c.connections_refused_busy);
+            incoming.refuse();
+        };
         loop {
             if *shutdown.borrow_and_update() {
                 break;
             }
+            // Attempts that waited too long are refused: the agent retries after its backoff.
+            while waiting
+                .front()
+                .is_some_and(|(_, since)| since.elapsed() >= self.shared.config.connect_queue_wait)
+            {
+                if let Some((incoming, _)) = waiting.pop_front() {
+                    refuse(incoming);
+                }
+            }
+            let oldest = waiting.front().map(|(_, since)| *since);
             tokio::select! {
                 changed = shutdown.changed() => {
                     if changed.is_err() {
@@ -362,16 +424,38 @@ impl QuicServer {
                 }
                 incoming = self.endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        connections.spawn(handle_incoming(self.shared.clone(), incoming));
+                        let place = if waiting.is_empty() {
+                            connecting.clone().try_acquire_owned().ok()
+                        } else {
+                            None
+                        };
+                        match place {
+                            Some(permit) => {
+                                connections.spawn(handle_incoming(self.shared.clone(), incoming, permit));
+                            }
+                            None if waiting.len() < max_waiting => {
+                                waiting.push_back((incoming, Instant::now()));
+                            }
+                            None => refuse(incoming),
+                        }
                     }
                     None => break,
                 },
+                permit = connecting.clone().acquire_owned(), if !waiting.is_empty() => {
+                    if let (Ok(permit), Some((incoming, _))) = (permit, waiting.pop_front()) {
+                        connections.spawn(handle_incoming(self.shared.clone(), incoming, permit));
+                    }
+                }
+                () = sleep_until_opt(oldest.map(|since| since + self.shared.config.connect_queue_wait)) => {}
                 Some(joined) = connections.join_next(), if !connections.is_empty() => {
                     if let Err(error) = joined {
                         tracing::error!(%error, "a QUIC connection task failed");
                     }
                 }
             }
+        }
+        for (incoming, _) in waiting {
+            incoming.refuse();
         }
         tracing::info!(%addr, "QUIC agent listener shutting down");
         self.endpoint.close(
@@ -384,6 +468,13 @@ impl QuicServer {
         .await;
         let _ = tokio::time::timeout(SHUTDOWN_WAIT, self.endpoint.wait_idle()).await;
         Ok(())
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -434,7 +525,13 @@ fn identify(shared: &Shared, conn: &Connection) -> Result<AgentRecord, (u32, Str
     Ok(agent)
 }
 
-async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
+/// Sets up one connection; `connecting` (a place among [`QuicConfig::max_connecting`]) is
+/// held until its session is open or it failed.
+async fn handle_incoming(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    connecting: OwnedSemaphorePermit,
+) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -455,7 +552,9 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         }
     };
     let span = tracing::info_span!("quic", agent = %agent.name, agent_id = %agent.id, %remote);
-    run_connection(shared, conn, agent).instrument(span).await;
+    run_connection(shared, conn, agent, connecting)
+        .instrument(span)
+        .await;
 }
 
 /// Why a session ended.
@@ -507,7 +606,12 @@ async fn reject(shared: &Shared, conn: &Connection, mut send: SendStream, reason
     close(conn, error_code::REJECTED, reason);
 }
 
-async fn run_connection(shared: Arc<Shared>, conn: Connection, agent: AgentRecord) {
+async fn run_connection(
+    shared: Arc<Shared>,
+    conn: Connection,
+    agent: AgentRecord,
+    connecting: OwnedSemaphorePermit,
+) {
     let max = shared.config.max_frame_len();
     let deadline = Instant::now() + shared.config.hello_timeout;
 
@@ -611,6 +715,8 @@ async fn run_connection(shared: Arc<Shared>, conn: Connection, agent: AgentRecor
         tracing::debug!(%error, "cannot send welcome");
         return;
     }
+    // Set up: make room for the next connection.
+    drop(connecting);
 
     // Results the agent kept in its journal: store, then ack each one taken.
     let engine = &shared.app.engine;

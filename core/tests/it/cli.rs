@@ -527,10 +527,10 @@ fn wait_falls_back_to_polling_when_the_stream_drops() {
 // ---------------------------------------------------------------------------------------
 // End to end against `wharf-core serve`.
 
-/// A running `wharf-core serve`, killed on drop.
-struct Core {
+/// A running `wharf-core serve`, killed (SIGKILL) on drop.
+pub(crate) struct Core {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     admin: String,
     ca: PathBuf,
     log: PathBuf,
@@ -538,13 +538,24 @@ struct Core {
 
 impl Core {
     fn start(dir: &Path) -> Core {
+        Core::start_on(dir, "127.0.0.1:0")
+    }
+
+    /// Starts `wharf-core serve` on `DIR/data`, listening on `listen` (TCP and UDP), with
+    /// its log in `DIR/core.log` (appended to, so a restart keeps the earlier log).
+    pub(crate) fn start_on(dir: &Path, listen: &str) -> Core {
         let data_dir = dir.join("data");
         let log = dir.join("core.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf-core"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(&data_dir)
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .stderr(log_file);
         for var in [
             "WHARF_DATA_DIR",
             "WHARF_LISTEN",
@@ -594,6 +605,20 @@ impl Core {
             ca: data_dir.join("ca.pem"),
             log,
         }
+    }
+
+    /// The port core listens on (TCP and UDP).
+    pub(crate) fn port(&self) -> u16 {
+        self.url
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .expect("WHARF_URL ends with the port")
+    }
+
+    /// `kill -9`, and waits for the process to be gone.
+    pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn env(&self) -> [(&str, &str); 3] {

@@ -195,15 +195,23 @@ impl Core {
     }
 }
 
+/// A quinn client config presenting `identity` and trusting `ca`.
+fn client_config(
+    identity: &TlsIdentity,
+    ca: &rustls_pki_types::CertificateDer<'_>,
+) -> quinn::ClientConfig {
+    let tls = agent_client_config(identity, ca, &[ALPN]).unwrap();
+    let crypto = QuicClientConfig::try_from(tls).unwrap();
+    quinn::ClientConfig::new(Arc::new(crypto))
+}
+
 /// A quinn client endpoint presenting `identity` and trusting `ca`.
 fn client_endpoint(
     identity: &TlsIdentity,
     ca: &rustls_pki_types::CertificateDer<'_>,
 ) -> quinn::Endpoint {
-    let tls = agent_client_config(identity, ca, &[ALPN]).unwrap();
-    let crypto = QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint.set_default_client_config(client_config(identity, ca));
     endpoint
 }
 
@@ -235,6 +243,21 @@ impl Agent {
     /// Connects and opens the control stream (nothing sent yet).
     async fn connect_with(endpoint: quinn::Endpoint, addr: SocketAddr) -> anyhow::Result<Agent> {
         let conn = timeout(WAIT, endpoint.connect(addr, "localhost")?).await??;
+        Agent::on(endpoint, conn).await
+    }
+
+    /// Connects over a shared `endpoint` with this agent's own `config`.
+    async fn connect_shared(
+        endpoint: &quinn::Endpoint,
+        config: quinn::ClientConfig,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Agent> {
+        let conn = timeout(WAIT, endpoint.connect_with(config, addr, "localhost")?).await??;
+        Agent::on(endpoint.clone(), conn).await
+    }
+
+    /// Opens the control stream of `conn`.
+    async fn on(endpoint: quinn::Endpoint, conn: quinn::Connection) -> anyhow::Result<Agent> {
         let (send, recv) = conn.open_bi().await?;
         Ok(Agent {
             _endpoint: endpoint,
@@ -570,7 +593,7 @@ async fn cancel_is_sent_on_the_task_stream() {
     stream.accept().await;
     core.wait_state(id, TaskState::Running).await;
 
-    core.app.engine.cancel(id).await.unwrap();
+    core.app.engine.cancel(id, "test").await.unwrap();
     let cancel = stream.read().await.unwrap();
     assert_eq!(
         cancel,
@@ -878,4 +901,180 @@ async fn garbage_datagrams_do_not_stop_the_listener() {
     let other = core.enroll("host-2").await;
     Agent::session(&core, &other).await;
     println!("garbage: {:?}", core.counters());
+}
+
+/// The data dir of a core with the agents `names` enrolled (in this process, then
+/// released), for a `wharf-core serve` child to run on. Returns the agents' identities
+/// and the CA.
+async fn enrolled_data_dir(
+    dir: &std::path::Path,
+    names: &[String],
+) -> (Vec<Creds>, rustls_pki_types::CertificateDer<'static>) {
+    let (app, _boot) = App::open(AppConfig {
+        data_dir: dir.join("data"),
+        server_names: vec![],
+        master_key: None,
+        engine: EngineConfig::default(),
+    })
+    .await
+    .unwrap();
+    let mut creds = Vec::new();
+    for name in names {
+        let (token, _) = app
+            .directory
+            .create_enroll_token(name, Duration::from_secs(600), "test")
+            .await
+            .unwrap();
+        let (key_pem, csr_pem) = generate_agent_key_and_csr(name).unwrap();
+        let enrolled = app
+            .directory
+            .enroll(EnrollRequest {
+                token,
+                name: name.to_string(),
+                csr_pem,
+                x25519_public: AgentSealKey::generate().unwrap().public(),
+                version: VERSION.to_string(),
+                capabilities: vec!["docker".into()],
+            })
+            .await
+            .unwrap();
+        creds.push(Creds {
+            identity: TlsIdentity::from_pem(&enrolled.cert_pem, key_pem.expose()).unwrap(),
+        });
+    }
+    let ca = app.pki.ca_cert().clone().into_owned();
+    drop(app);
+    // The store is released once the app's tasks have let go of it.
+    let store = dir.join("data").join("store");
+    let started = Instant::now();
+    loop {
+        match wharf_core::store::SledStore::open(&store) {
+            Ok(opened) => break drop(opened),
+            Err(e) => assert!(started.elapsed() < WAIT, "the store stays held: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (creds, ca)
+}
+
+/// `kill -9` of core, restarted at once on the same data dir and port: the new process's
+/// stateless resets (keys kept in `quic-reset.key`) end the agents' old connections as
+/// soon as they send something, instead of leaving them to the idle timeout (15 s). 32
+/// agents share one client socket and send at the same instant, so their packets reach
+/// core in one receive batch: each must get its reset (no rate limit per batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_cores_stateless_resets_end_the_old_connections_at_once() {
+    const AGENTS: usize = 32;
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..AGENTS).map(|i| format!("web-{i}")).collect();
+    let (creds, ca) = enrolled_data_dir(dir.path(), &names).await;
+    let first = crate::cli::Core::start_on(dir.path(), "127.0.0.1:0");
+    let port = first.port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut agents = Vec::new();
+    for c in &creds {
+        let mut agent = Agent::connect_shared(&endpoint, client_config(&c.identity, &ca), addr)
+            .await
+            .unwrap();
+        assert!(matches!(
+            agent.hello(VERSION, vec![]).await,
+            Message::Welcome(_)
+        ));
+        agents.push(agent);
+    }
+
+    first.kill();
+    let second = crate::cli::Core::start_on(dir.path(), &format!("127.0.0.1:{port}"));
+    // Every agent's next packet (a heartbeat) reaches the new process.
+    let sent = Instant::now();
+    let heartbeat = Message::Heartbeat(Heartbeat {
+        running_tasks: vec![],
+        load: Default::default(),
+    });
+    for agent in &mut agents {
+        agent.send(&heartbeat).await;
+    }
+    for (i, agent) in agents.iter().enumerate() {
+        let error = agent.closed().await;
+        let took = sent.elapsed();
+        assert!(
+            matches!(error, ConnectionError::Reset),
+            "agent {i}: the old connection must end by a stateless reset, got {error:?} after \
+             {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "agent {i}: the reset took {took:?} (more than 1 s)"
+        );
+    }
+
+    // And an agent gets a session with the new process right away.
+    try_session(client_endpoint(&creds[0].identity, &ca), addr)
+        .await
+        .unwrap();
+    drop(second);
+}
+
+/// A connection attempt over `max_connecting` waits for a place (and is served as soon as
+/// the session in set-up is open); one that waited `connect_queue_wait` is refused (the
+/// agent retries after its backoff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_connecting_wait_for_a_place_or_are_refused() {
+    // Waiting: served once the place frees.
+    let core = Core::start_with(QuicConfig {
+        max_connecting: 1,
+        connect_queue_wait: WAIT,
+        ..QuicConfig::default()
+    })
+    .await;
+    let first = core.enroll("first").await;
+    let second = core.enroll("second").await;
+    // Handshake done, no Hello yet: the one place is taken.
+    let mut setting_up = Agent::connect(&core, &first).await;
+    let endpoint = client_endpoint(&second.identity, core.app.pki.ca_cert());
+    let addr = core.addr;
+    let waiting = tokio::spawn(try_session(endpoint, addr));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second attempt must wait for the place"
+    );
+    assert!(matches!(
+        setting_up.hello(VERSION, vec![]).await,
+        Message::Welcome(_)
+    ));
+    timeout(WAIT, waiting)
+        .await
+        .expect("served once the place is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(core.counters().connections_refused_busy, 0);
+    core.stop().await;
+
+    // Waited too long: refused.
+    let core = Core::start_with(QuicConfig {
+        max_connecting: 1,
+        connect_queue_wait: Duration::from_millis(100),
+        ..QuicConfig::default()
+    })
+    .await;
+    let first = core.enroll("first").await;
+    let second = core.enroll("second").await;
+    let _setting_up = Agent::connect(&core, &first).await;
+    let refused = Agent::connect_with(
+        client_endpoint(&second.identity, core.app.pki.ca_cert()),
+        core.addr,
+    )
+    .await;
+    let error = refused.err().expect("the second connection is refused");
+    let closed = error.downcast_ref::<ConnectionError>();
+    assert!(
+        matches!(closed, Some(ConnectionError::ConnectionClosed(c))
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
+        "{error:?}"
+    );
+    assert_eq!(core.counters().connections_refused_busy, 1);
+    core.stop().await;
 }

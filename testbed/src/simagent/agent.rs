@@ -627,6 +627,12 @@ struct Session {
     welcome: Welcome,
 }
 
+/// Receive and send buffer of a client socket (capped by the kernel's `rmem_max`): one
+/// socket may carry thousands of simulated agents, and with the default ~200 KiB a
+/// reconnect storm overflowed it (up to 4,000 datagrams dropped per socket, core's
+/// stateless resets among them). A real agent has a socket of its own.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
 /// Creates a client endpoint on an ephemeral port of the family of `addr`.
 pub(crate) fn client_endpoint(addr: SocketAddr) -> std::io::Result<Endpoint> {
     let bind: SocketAddr = if addr.is_ipv6() {
@@ -634,7 +640,24 @@ pub(crate) fn client_endpoint(addr: SocketAddr) -> std::io::Result<Endpoint> {
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    Endpoint::client(bind)
+    // As `Endpoint::client`, with the buffers.
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if bind.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+    socket.set_send_buffer_size(SOCKET_BUFFER)?;
+    socket.bind(&bind.into())?;
+    Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        std::sync::Arc::new(quinn::TokioRuntime),
+    )
 }
 
 async fn resolve(core_addr: &str) -> Result<(SocketAddr, String), SimAgentError> {
