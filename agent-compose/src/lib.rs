@@ -1,4 +1,8 @@
-//! Wharf Compose agent (design.md §4, Compose deploy).
+//! Wharf Compose agent (design.md §4, Compose deploy): digest-locked Compose projects
+//! deployed whole, health-gated, restored whole on failure, on the agent runtime of
+//! `wharf-agent-docker`.
 //!
-//! Not implemented yet: this crate is filled by the Compose agent issue. It
-//! exports nothing, and ships no binary, so that nothing pretends to work.
+//! - [`plan`]: the Compose deploy step plan as a pure state machine, unit-tested without IO.
+#![warn(missing_docs)]
+
+pub mod plan;
