@@ -1,6 +1,6 @@
 //! The Compose deploy step plan (design §4, Compose deploy) as a pure state machine.
 //!
-//! The executor asks [`ComposePlan::next`] for the step to take, journals the plan (with
+//! The executor asks [`ComposePlan::next_step`] for the step to take, journals the plan (with
 //! that step in progress), takes the step and reports [`ComposePlan::done`] or
 //! [`ComposePlan::failed`]. No IO happens here. Every step is idempotent, so after a kill
 //! the step that was in progress is simply taken again ([`ComposePlan::resume`]).
@@ -198,7 +198,7 @@ impl ComposePlan {
         self.had_current
     }
 
-    /// The step in progress (handed out by [`ComposePlan::next`], not reported yet).
+    /// The step in progress (handed out by [`ComposePlan::next_step`], not reported yet).
     pub fn in_progress(&self) -> Option<Step> {
         self.in_progress
             .then(|| self.queue.first().copied())
