@@ -201,16 +201,29 @@ impl AgentDirectory for DirectoryAdapter {
         agent: &str,
         task: &AgentTask,
     ) -> Result<Option<SealedCredentials>, String> {
-        let image = match &task.payload {
-            TaskPayload::Deploy(spec) => spec.image.as_str(),
+        let images = match &task.payload {
+            TaskPayload::Deploy(spec) => {
+                vec![ImageRef::parse(&spec.image).map_err(|e| e.to_string())?]
+            }
+            // One sealed login per task: the first service's registry that has one.
+            TaskPayload::ComposeDeploy(spec) => crate::engine::model::compose_images(spec)
+                .map_err(|e| e.to_string())?
+                .into_values()
+                .collect(),
             _ => return Ok(None),
         };
-        let image = ImageRef::parse(image).map_err(|e| e.to_string())?;
-        let Some(credentials) = self
-            .0
-            .credentials_for_image(&image)
-            .map_err(|e| e.to_string())?
-        else {
+        let mut found = None;
+        for image in &images {
+            if let Some(c) = self
+                .0
+                .credentials_for_image(image)
+                .map_err(|e| e.to_string())?
+            {
+                found = Some(c);
+                break;
+            }
+        }
+        let Some(credentials) = found else {
             return Ok(None);
         };
         let record = self

@@ -6,6 +6,7 @@
 //! - [`frame`]: u32 big-endian length + postcard body, sans-IO [`FrameDecoder`] and async
 //!   [`read_frame`] / [`write_frame`];
 //! - [`version`]: `Hello` version negotiation ([`negotiate`]);
+//! - [`compose`]: Compose lock files ([`compose::ComposeLock`]): pinned services, no `build:`;
 //! - [`image`]: digest-pinned image references ([`ImageRef`], [`Digest`]);
 //! - [`seal`]: registry credentials sealed to one agent's X25519 key for one task;
 //! - [`time`]: wire timestamps and durations ([`Timestamp`], [`DurationMs`]).
@@ -53,6 +54,7 @@
 
 #![warn(missing_docs)]
 
+pub mod compose;
 pub mod frame;
 pub mod image;
 pub mod messages;

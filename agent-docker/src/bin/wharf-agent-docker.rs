@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use wharf_agent_docker::docker::{BollardDocker, DockerExecutor, DockerExecutorConfig};
+use wharf_agent_docker::runtime::process::{exit_code, host_name, shutdown_signal};
 use wharf_agent_docker::runtime::{AgentConfig, RuntimeError};
 
 #[derive(Parser, Debug)]
@@ -113,41 +114,4 @@ fn run() -> anyhow::Result<()> {
         tracing::info!("wharf-agent-docker stopped");
         anyhow::Ok(())
     })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-/// The kernel's host name.
-fn host_name() -> anyhow::Result<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
-    let name = name.trim();
-    anyhow::ensure!(!name.is_empty(), "the host name is empty");
-    Ok(name.to_string())
-}
-
-/// The exit codes of design §7 where they apply: 2 invalid input, 3 refused by core
-/// (enrollment refused, upgrade required), 1 otherwise.
-fn exit_code(err: &anyhow::Error) -> u8 {
-    match err.downcast_ref::<RuntimeError>() {
-        Some(RuntimeError::InvalidInput(_)) => 2,
-        Some(RuntimeError::EnrollmentRefused(_) | RuntimeError::UpgradeRequired { .. }) => 3,
-        _ => 1,
-    }
 }

@@ -33,6 +33,7 @@ pub mod config;
 pub mod executor;
 pub mod identity;
 pub mod journal;
+pub mod process;
 mod session;
 mod tasks;
 

@@ -102,8 +102,67 @@ pub enum Command {
     /// Tasks: show, list, wait, cancel.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Compose projects: deploy a digest-pinned lock, roll back to the kept release.
+    #[command(subcommand)]
+    Compose(ComposeCommand),
     /// Core's hash-chained audit log of every change.
     AuditLog(AuditLogArgs),
+}
+
+/// `wharf compose ...`
+#[derive(Debug, Subcommand)]
+pub enum ComposeCommand {
+    /// Deploy a Compose lock (every image pinned by digest) as a project, whole.
+    Deploy(ComposeDeployArgs),
+    /// Roll a project back to the release the agent kept before the running one.
+    Rollback(ComposeRollbackArgs),
+}
+
+/// `wharf compose deploy`.
+#[derive(Debug, Clone, Args)]
+pub struct ComposeDeployArgs {
+    /// The agent's name.
+    #[arg(long)]
+    pub agent: String,
+    /// The Compose project name (`[a-z0-9][a-z0-9_-]*`).
+    #[arg(long)]
+    pub project: String,
+    /// The lock: a Compose file whose every service image is REPO@sha256:DIGEST.
+    #[arg(long, value_name = "FILE")]
+    pub lock: PathBuf,
+    /// An extra file for the project directory (`*.yml`/`*.yaml`: a Compose file applied
+    /// after the lock, checked like it; other files: written beside it).
+    #[arg(long = "file", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The release, NAME@VERSION.
+    #[arg(long, value_name = "NAME@VERSION")]
+    pub release: Option<String>,
+    /// Time every service has to be running and healthy (like 2m).
+    #[arg(long, value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+    /// Queueing options.
+    #[command(flatten)]
+    pub submit: SubmitArgs,
+    /// Follow the task until it ends and exit with its outcome.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// `wharf compose rollback`.
+#[derive(Debug, Clone, Args)]
+pub struct ComposeRollbackArgs {
+    /// The agent's name.
+    #[arg(long)]
+    pub agent: String,
+    /// The Compose project name.
+    #[arg(long)]
+    pub project: String,
+    /// Queueing options.
+    #[command(flatten)]
+    pub submit: SubmitArgs,
+    /// Follow the task until it ends and exit with its outcome.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// `wharf agent ...`

@@ -93,6 +93,14 @@ pub async fn run(cli: Cli) -> Result<u8> {
             read_task(conn, format, &args, TaskPayload::ReadSticker).await
         }
         Command::Task(cmd) => task(conn, format, cmd).await,
+        Command::Compose(super::args::ComposeCommand::Deploy(args)) => {
+            let req = request::compose_deploy_request(&args)?;
+            submit(conn, format, &req, args.wait).await
+        }
+        Command::Compose(super::args::ComposeCommand::Rollback(args)) => {
+            let req = request::compose_rollback_request(&args)?;
+            submit(conn, format, &req, args.wait).await
+        }
         Command::AuditLog(args) => audit_log(conn, format, args).await,
     }
 }

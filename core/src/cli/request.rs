@@ -383,6 +383,80 @@ pub fn rollback_request(args: &RollbackArgs) -> Result<SubmitRequest, InvalidInp
     Ok(req)
 }
 
+/// The `POST /v1/tasks` body of `wharf compose deploy`: the lock and files are read,
+/// and the expected digests taken from the lock, which must pin every service.
+pub fn compose_deploy_request(
+    args: &super::args::ComposeDeployArgs,
+) -> Result<SubmitRequest, InvalidInput> {
+    use wharf_protocol::compose::{expected_digests, is_compose_file_name, ComposeLock};
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| {
+            InvalidInput::new(
+                what.to_string(),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })
+    };
+    let lock = read("--lock", &args.lock)?;
+    let mut locks = vec![ComposeLock::parse(&args.lock.display().to_string(), &lock)
+        .map_err(|e| InvalidInput::new("--lock", e.to_string()))?];
+    let mut files = Vec::new();
+    for path in &args.files {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let content = read("--file", path)?;
+        if is_compose_file_name(&name) {
+            locks.push(
+                ComposeLock::parse(&name, &content)
+                    .map_err(|e| InvalidInput::new("--file", e.to_string()))?,
+            );
+        }
+        files.push(wharf_protocol::ComposeFile { name, content });
+    }
+    let expected =
+        expected_digests(&locks).map_err(|e| InvalidInput::new("--lock", e.to_string()))?;
+    let spec = wharf_protocol::ComposeDeploySpec {
+        project: args.project.clone(),
+        lock,
+        files,
+        expected_digests: expected,
+        release: flag("release", args.release.as_ref(), parse::release)?.unwrap_or_default(),
+        health_timeout: flag(
+            "health-timeout",
+            args.health_timeout.as_ref(),
+            parse::duration,
+        )?
+        .unwrap_or_default(),
+        pre_hook: None,
+        post_hook: None,
+        sticker: None,
+    };
+    let req = submit_options(&args.submit)?.request(
+        args.agent.clone(),
+        args.project.clone(),
+        TaskPayload::ComposeDeploy(spec),
+    );
+    validate(&req).map_err(|e| Source::Flags.invalid(e))?;
+    Ok(req)
+}
+
+/// The `POST /v1/tasks` body of `wharf compose rollback`.
+pub fn compose_rollback_request(
+    args: &super::args::ComposeRollbackArgs,
+) -> Result<SubmitRequest, InvalidInput> {
+    let req = submit_options(&args.submit)?.request(
+        args.agent.clone(),
+        args.project.clone(),
+        TaskPayload::ComposeRollback(wharf_protocol::ComposeRollbackSpec {
+            project: args.project.clone(),
+        }),
+    );
+    validate(&req).map_err(|e| Source::Flags.invalid(e))?;
+    Ok(req)
+}
+
 /// The `POST /v1/tasks` body of `wharf health`.
 pub fn health_request(
     target: &TargetArgs,
@@ -1230,5 +1304,57 @@ timeout: 15m
         assert_eq!(ttl_ms(Some(&"1h".to_owned())).unwrap(), Some(3_600_000));
         assert_eq!(ttl_ms(None).unwrap(), None);
         assert_eq!(ttl_ms(Some(&"0s".to_owned())).unwrap_err().what, "--ttl");
+    }
+
+    #[test]
+    fn compose_deploy_takes_the_expected_digests_from_the_lock_and_refuses_an_unpinned_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("lock.yml");
+        let over = dir.path().join("override.yml");
+        std::fs::write(
+            &lock,
+            format!("services:\n  web:\n    image: r/web@sha256:{D}\n  api:\n    image: r/api@sha256:{D}\n"),
+        )
+        .unwrap();
+        std::fs::write(&over, "services:\n  web:\n    environment: {A: b}\n").unwrap();
+        let args = |lock: &std::path::Path| {
+            let cli = Cli::try_parse_from([
+                "wharf",
+                "compose",
+                "deploy",
+                "--agent",
+                "a",
+                "--project",
+                "shop",
+                "--lock",
+                lock.to_str().unwrap(),
+                "--file",
+                over.to_str().unwrap(),
+                "--release",
+                "shop@3",
+            ])
+            .unwrap();
+            let CliCommand::Compose(crate::cli::args::ComposeCommand::Deploy(args)) = cli.command
+            else {
+                panic!("compose deploy expected");
+            };
+            args
+        };
+        let req = compose_deploy_request(&args(&lock)).unwrap();
+        let TaskPayload::ComposeDeploy(spec) = &req.payload else {
+            panic!("compose payload expected");
+        };
+        assert_eq!(req.target, "shop");
+        assert_eq!(spec.expected_digests.len(), 2);
+        assert_eq!(spec.expected_digests["web"], format!("sha256:{D}"));
+        assert_eq!(spec.files[0].name, "override.yml");
+        assert_eq!(spec.release.version, "3");
+
+        std::fs::write(&lock, "services:\n  web:\n    image: r/web:latest\n").unwrap();
+        let err = compose_deploy_request(&args(&lock)).unwrap_err();
+        assert_eq!(err.what, "--lock");
+        assert!(err.reason.contains("`web`"), "{err:?}");
+        std::fs::write(&lock, "services:\n  web:\n    build: .\n").unwrap();
+        assert!(compose_deploy_request(&args(&lock)).is_err());
     }
 }

@@ -226,7 +226,8 @@ impl State {
         let Some(record) = self.queue.get(id) else {
             return;
         };
-        let deploy = record.kind == TaskKind::Deploy.as_str();
+        let deploy = record.kind == TaskKind::Deploy.as_str()
+            || record.kind == TaskKind::ComposeDeploy.as_str();
         let rollback = record.kind == TaskKind::Rollback.as_str();
         if record.state != TaskState::Succeeded || !(deploy || rollback) {
             return;
@@ -661,6 +662,7 @@ fn ran_of(id: TaskId, record: &TaskRecord, extras: &TaskExtras) -> Option<Ran> {
     let sticker = match &extras.payload {
         TaskPayload::Deploy(spec) => spec.sticker.as_deref(),
         TaskPayload::Rollback(spec) => spec.sticker.as_deref(),
+        TaskPayload::ComposeDeploy(spec) => spec.sticker.as_deref(),
         _ => None,
     };
     if let Some(signed) =
@@ -1013,10 +1015,18 @@ impl Actor {
                 version: non_empty(&spec.release.version, &image_short(&spec.image)),
             };
         }
+        if let TaskPayload::ComposeDeploy(spec) = &mut payload {
+            spec.release = wharf_protocol::ReleaseInfo {
+                id: non_empty(&spec.release.id, &id.to_string()),
+                name: non_empty(&spec.release.name, &req.target),
+                version: non_empty(&spec.release.version, &id.to_string()),
+            };
+        }
         let sticker = self.sign_sticker(state, &req, &payload, id, requester, now)?;
         match &mut payload {
             TaskPayload::Deploy(spec) => spec.sticker = sticker,
             TaskPayload::Rollback(spec) => spec.sticker = sticker,
+            TaskPayload::ComposeDeploy(spec) => spec.sticker = sticker,
             _ => {}
         }
         let (submission, o) = state.queue.submit(new, now)?;
@@ -1119,12 +1129,37 @@ impl Actor {
                     _ => return Ok(None),
                 }
             }
+            TaskPayload::ComposeDeploy(spec) => {
+                let images = model::compose_images(spec).map_err(|e| InvalidSubmit::Field {
+                    field: "payload.compose_deploy.lock".into(),
+                    reason: e.to_string(),
+                })?;
+                let release = wharf_sticker::Release {
+                    id: spec.release.id.clone(),
+                    name: spec.release.name.clone(),
+                    version: spec.release.version.clone(),
+                };
+                let components = images
+                    .iter()
+                    .map(|(service, image)| wharf_sticker::Component {
+                        name: service.clone(),
+                        image: image.repository().to_string(),
+                        digest: image.digest().to_string(),
+                    })
+                    .collect();
+                (release, components)
+            }
             _ => return Ok(None),
+        };
+        let kind = if req.payload.kind().is_compose() {
+            wharf_sticker::TargetKind::Compose
+        } else {
+            wharf_sticker::TargetKind::Docker
         };
         let sticker = wharf_sticker::Sticker {
             target: wharf_sticker::Target {
                 agent: req.agent.clone(),
-                kind: wharf_sticker::TargetKind::Docker,
+                kind,
                 name: req.target.clone(),
             },
             release,

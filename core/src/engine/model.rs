@@ -201,11 +201,37 @@ fn validate_compose(req: &SubmitRequest, spec: &ComposeDeploySpec) -> Result<(),
             )
         })?;
     }
+    compose_images(spec)
+        .map_err(|e| InvalidSubmit::field("payload.compose_deploy.lock", e.to_string()))?;
+    if spec.sticker.is_some() {
+        return Err(InvalidSubmit::field(
+            "payload.compose_deploy.sticker",
+            "the sticker is signed by core; leave it empty",
+        ));
+    }
     check_hooks(
         "payload.compose_deploy",
         spec.pre_hook.as_ref(),
         spec.post_hook.as_ref(),
     )
+}
+
+/// The pinned image of every service of a compose-deploy: its lock and extra Compose
+/// files (`*.yml`/`*.yaml`) parsed and checked against the expected digests.
+///
+/// # Errors
+///
+/// The first [`wharf_protocol::compose::LockError`] (unpinned, `build:`, a digest other
+/// than the expected one, not Compose YAML), naming the service.
+pub fn compose_images(
+    spec: &ComposeDeploySpec,
+) -> Result<std::collections::BTreeMap<String, ImageRef>, wharf_protocol::compose::LockError> {
+    use wharf_protocol::compose::{check_expected, is_compose_file_name, ComposeLock};
+    let mut locks = vec![ComposeLock::parse("the lock", &spec.lock)?];
+    for f in spec.files.iter().filter(|f| is_compose_file_name(&f.name)) {
+        locks.push(ComposeLock::parse(&f.name, &f.content)?);
+    }
+    check_expected(&locks, &spec.expected_digests)
 }
 
 fn check_hooks(

@@ -454,6 +454,7 @@ async fn run_ok(
     let sticker = match &task.payload {
         TaskPayload::Deploy(spec) => spec.sticker.clone(),
         TaskPayload::Rollback(spec) => spec.sticker.clone(),
+        TaskPayload::ComposeDeploy(spec) => spec.sticker.clone(),
         _ => None,
     };
     engine
@@ -684,4 +685,80 @@ async fn a_task_written_by_reference_encodes_as_the_owned_record() {
     let state = engine.state.read().await;
     let by_ref = state.stored_ref(view.id).unwrap();
     assert_eq!(postcard::to_allocvec(&by_ref).unwrap(), bytes);
+}
+
+fn compose(agent: &str, project: &str, api: char, web: char) -> SubmitRequest {
+    let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let lock = format!(
+        "services:\n  api:\n    image: 127.0.0.1:5000/api@{}\n  web:\n    image: 127.0.0.1:5000/web@{}\n",
+        d(api),
+        d(web)
+    );
+    let mut req = deploy(agent, project, IMAGE_V1, None);
+    req.payload = TaskPayload::ComposeDeploy(wharf_protocol::ComposeDeploySpec {
+        project: project.into(),
+        expected_digests: [("api".to_string(), d(api)), ("web".to_string(), d(web))].into(),
+        lock,
+        files: vec![],
+        release: Default::default(),
+        health_timeout: Default::default(),
+        pre_hook: None,
+        post_hook: None,
+        sticker: None,
+    });
+    req
+}
+
+#[tokio::test]
+async fn compose_deploy_carries_a_compose_sticker_per_service_and_a_bad_lock_is_refused() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let keyring = Keyring::from(key.verifying_key().clone());
+    let engine = start(Arc::new(MemoryStore::new()), Some(Arc::new(key)));
+    let mut session = engine.open_session("host-1", "quic").await.unwrap();
+    let first = run_ok(
+        &engine,
+        &mut session,
+        &keyring,
+        compose("host-1", "shop", '1', '2'),
+    )
+    .await
+    .expect("a sticker");
+    assert_eq!(first.target.kind, wharf_sticker::TargetKind::Compose);
+    assert_eq!(first.target.name, "shop");
+    let names: Vec<_> = first
+        .components
+        .iter()
+        .map(|c| (c.name.as_str(), c.image.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("api", "127.0.0.1:5000/api"), ("web", "127.0.0.1:5000/web")]
+    );
+    assert!(first.previous.is_none());
+    let second = run_ok(
+        &engine,
+        &mut session,
+        &keyring,
+        compose("host-1", "shop", '3', '4'),
+    )
+    .await
+    .expect("a sticker");
+    let previous = second.previous.expect("the first release is the previous");
+    assert_eq!(previous.components, first.components);
+
+    // Unpinned, another digest than expected, build: all refused before anything is queued.
+    for bad in [
+        |l: String| l.replace("api@sha256:", "api:latest@nope:"),
+        |l: String| l.replace(&"3".repeat(64), &"5".repeat(64)),
+        |l: String| l.replace("  web:\n", "  web:\n    build: .\n"),
+    ] {
+        let mut req = compose("host-1", "shop", '3', '4');
+        if let TaskPayload::ComposeDeploy(spec) = &mut req.payload {
+            spec.lock = bad(spec.lock.clone());
+        }
+        assert!(matches!(
+            engine.submit(req, "alice").await,
+            Err(EngineError::Invalid(_))
+        ));
+    }
 }

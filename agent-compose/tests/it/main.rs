@@ -1,0 +1,8 @@
+//! The integration tests of `wharf-agent-compose` (one test binary; modules by area).
+//!
+//! - [`compose`]: the Compose executor against the real Docker engine, the real Compose
+//!   tool (`docker compose` or `docker-compose`) and a local registry with htpasswd auth.
+//! - [`support`]: project guards, locks over the testbed's images, HTTP checks.
+
+mod compose;
+mod support;
