@@ -22,7 +22,8 @@
 //!   not acknowledged and is counted.
 //! - **Long poll.** A request that reported no result is held up to
 //!   [`PollConfig::long_poll`] and answered as soon as the outbox has a task or a cancel.
-//!   One that reported results is answered at once (with their acks). A newer request of
+//!   One that reported results is answered at once (with their acks), and so is the
+//!   first poll of a session (the agent learns it is connected). A newer request of
 //!   the same agent supersedes a held one: the older is answered at once, so an agent
 //!   can report (progress, results) while its long poll is out.
 //! - **Delivery.** A task leaves the outbox in the answer that carries it. If that answer
@@ -394,7 +395,7 @@ impl PollHub {
     ) -> Result<PollResponse, PollError> {
         negotiate(CORE_VERSION, &hello.agent_version, hello.protocol_version)
             .map_err(|r| PollError::Rejected(r.reason()))?;
-        let session = self.session(agent, hello).await?;
+        let (session, opened) = self.session(agent, hello).await?;
         let (ticket, _presence) = {
             let mut inner = lock(&session.inner);
             inner.in_flight += 1;
@@ -414,7 +415,9 @@ impl PollHub {
             progress,
             accepted,
         } = request;
-        let hold = results.is_empty();
+        // The first poll of a session is answered at once: the agent learns it is
+        // connected (the polling form of `Welcome`).
+        let hold = results.is_empty() && !opened;
         let accepts = futures_util::future::join_all(
             accepted
                 .iter()
@@ -549,7 +552,7 @@ impl PollHub {
         self: &Arc<Self>,
         agent: &AgentRecord,
         hello: &PollHello,
-    ) -> Result<Arc<PollSession>, PollError> {
+    ) -> Result<(Arc<PollSession>, bool), PollError> {
         let directory = &self.app.directory;
         let (live, opening) = {
             let mut slots = lock(&self.slots);
@@ -580,7 +583,7 @@ impl PollHub {
         };
         if let Some(session) = live {
             record().await?;
-            return Ok(session);
+            return Ok((session, false));
         }
         let _opening = opening.lock().await;
         // Another request may have opened it meanwhile.
@@ -589,24 +592,40 @@ impl PollHub {
             .and_then(|s| s.session.clone())
             .filter(|s| !s.ended())
         {
-            return Ok(session);
+            return Ok((session, false));
         }
         record().await?;
-        let opened = self
+        let mut opened = self
             .app
             .engine
             .open_session(&agent.name, TRANSPORT)
             .await
             .map_err(|e| PollError::Unavailable(e.to_string()))?;
+        // The engine performs the opening round's dispatches while it holds its state
+        // lock: once a read gets through, they are in the channel, and this first answer
+        // carries them.
+        let _ = self.app.engine.session_transport(&agent.name).await;
+        let mut tasks = Vec::new();
+        let mut early_end = None;
+        while let Ok(command) = opened.commands.try_recv() {
+            match command {
+                SessionCommand::Assign(task) => {
+                    tasks.retain(|t: &AgentTask| t.id != task.id);
+                    tasks.push(*task);
+                }
+                SessionCommand::Cancel(id) => tasks.retain(|t| t.id != id),
+                SessionCommand::Close { reason } => early_end = Some(Ended::Closed(reason)),
+            }
+        }
         inc(&self.counters.sessions_opened);
         tracing::info!(agent = %agent.name, agent_id = %agent.id, session = opened.id, version = %hello.agent_version, "polling session opened");
         let session = Arc::new(PollSession {
             agent: agent.name.clone(),
             engine_id: opened.id,
             inner: Mutex::new(Inner {
-                tasks: Vec::new(),
+                tasks,
                 cancels: Vec::new(),
-                ended: None,
+                ended: early_end,
                 in_flight: 0,
                 last_seen: Instant::now(),
                 holder: 0,
@@ -628,7 +647,7 @@ impl PollHub {
         {
             self.app.engine.close_agent(&agent.name, "revoked");
         }
-        Ok(session)
+        Ok((session, true))
     }
 
     /// Moves the engine's commands into the session's outbox and closes the session when

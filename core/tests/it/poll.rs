@@ -336,6 +336,11 @@ async fn long_poll_delivers_a_task_at_once_and_results_are_applied_once() {
     let core = Core::start(Core::quick()).await;
     let agent = core.agent("host-1").await;
 
+    // The first poll opens the session and is answered at once.
+    let started = Instant::now();
+    assert!(agent.empty().await.ok().tasks.is_empty());
+    assert!(started.elapsed() < LONG_POLL, "the first poll was held");
+
     // Nothing to do: the poll is held for the long poll, then answered empty.
     let started = Instant::now();
     let idle = agent.empty().await.ok();
@@ -535,13 +540,14 @@ async fn caps_answer_429_with_retry_after_and_apply_nothing() {
     let core = Core::start(PollConfig {
         long_poll: LONG_POLL,
         max_requests_per_sec: 1,
-        burst: 1,
+        burst: 2,
         max_in_flight: 1,
         ..PollConfig::default()
     })
     .await;
     let a = core.agent("host-a").await;
     let b = core.agent("host-b").await;
+    assert!(a.empty().await.ok().tasks.is_empty());
 
     // host-a holds the only slot; host-b is refused.
     let held = hold(&core, &a).await;
@@ -554,8 +560,9 @@ async fn caps_answer_429_with_retry_after_and_apply_nothing() {
     assert_eq!(retry_after.as_deref(), Some("1"));
     assert_eq!(held.await.unwrap().status(), StatusCode::OK);
 
-    // host-a may make one request per second, in bursts of one: of two requests in a
-    // row the second is refused, and the result in it is not applied.
+    // host-a may make one request per second, in bursts of two; it made two, and got
+    // 1.5 back during the long poll: of two more requests in a row the second is
+    // refused, and the result in it is not applied.
     let id = core.submit("host-a", "web", None).await;
     let unknown = TaskResult::success(Uuid::new_v4(), 1, Timestamp::now());
     let answer = a.poll(&results(vec![unknown])).await.ok();
