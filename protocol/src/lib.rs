@@ -94,6 +94,20 @@ pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
 /// HTTP path of the polling transport.
 pub const POLL_PATH: &str = "/agent/v1/poll";
 
+/// Polling request headers: what `Hello` carries on QUIC, sent with every poll (lower
+/// case, as HTTP/1.1 header names compare case-insensitively).
+pub mod poll_header {
+    /// The agent's semver version (`Hello::agent_version`).
+    pub const AGENT_VERSION: &str = "wharf-agent-version";
+    /// The protocol version the agent speaks (`Hello::protocol_version`), decimal.
+    pub const PROTOCOL_VERSION: &str = "wharf-protocol-version";
+    /// The agent's capabilities (`Hello::capabilities`), comma-separated.
+    pub const CAPABILITIES: &str = "wharf-capabilities";
+}
+
+/// Media type of polling bodies (postcard, no length prefix).
+pub const POLL_CONTENT_TYPE: &str = "application/x-wharf-postcard";
+
 /// HTTP path of agent enrollment.
 pub const ENROLL_PATH: &str = "/agent/v1/enroll";
 

@@ -217,6 +217,10 @@ pub struct PollRequest {
     pub results: Vec<TaskResult>,
     /// Progress since the last poll.
     pub progress: Vec<Progress>,
+    /// Tasks of earlier answers the agent has journaled since its last poll (the polling
+    /// form of [`Accepted`]): core moves them `dispatched → running` and stops re-sending
+    /// them. Last field, so that it is the newest addition to the body.
+    pub accepted: Vec<Accepted>,
 }
 
 /// Answer to a [`PollRequest`] (core → agent).

@@ -257,6 +257,15 @@ impl Core {
         })
     }
 
+    /// [`Core::start`] listening on `ip` of this host (e.g. the host end of a veth pair).
+    pub fn start_on(binaries: &Binaries, data_dir: &Path, ip: std::net::IpAddr) -> Result<Core> {
+        std::fs::create_dir_all(data_dir)?;
+        Ok(Core {
+            process: CoreProcess::start_on(&binaries.core, data_dir, ip)?,
+            binaries: binaries.clone(),
+        })
+    }
+
     /// kill -9 and start again on the same data dir and port.
     pub fn restart_after_kill9(&mut self) -> Result<()> {
         self.process.kill9()?;
@@ -360,21 +369,43 @@ struct AgentLaunch {
     core_addr: String,
     program: PathBuf,
     extra_env: Vec<(String, String)>,
+    extra_args: Vec<String>,
+    /// A command the agent runs under (e.g. `ip netns exec NS`).
+    wrapper: Vec<String>,
+}
+
+/// How [`DockerAgent::enroll_and_start_with`] starts an agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// Extra environment variables (e.g. fault-injection switches of test builds).
+    pub env: Vec<(String, String)>,
+    /// Extra arguments (e.g. `--transport poll`).
+    pub args: Vec<String>,
+    /// A command to run the agent under (e.g. `["ip", "netns", "exec", "NS"]`).
+    pub wrapper: Vec<String>,
 }
 
 impl AgentLaunch {
     fn spawn(&self, enroll: Option<(&str, &str)>) -> Result<Process> {
-        let mut cmd = Command::new(&self.program);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut cmd = Command::new(first);
+                cmd.args(rest).arg(&self.program);
+                cmd
+            }
+            None => Command::new(&self.program),
+        };
         scrub_env(&mut cmd);
-        cmd.args([
-            "--core",
-            &self.core_addr,
-            "--name",
-            &self.name,
-            "--state-dir",
-        ])
-        .arg(&self.state_dir)
-        .env("RUST_LOG", "info");
+        cmd.args(&self.extra_args)
+            .args([
+                "--core",
+                &self.core_addr,
+                "--name",
+                &self.name,
+                "--state-dir",
+            ])
+            .arg(&self.state_dir)
+            .env("RUST_LOG", "info");
         if let Some((token, ca_hash)) = enroll {
             cmd.env("WHARF_AGENT_TOKEN", token)
                 .args(["--ca-hash", ca_hash]);
@@ -407,6 +438,21 @@ impl DockerAgent {
         state_dir: &Path,
         env: &[(&str, &str)],
     ) -> Result<DockerAgent> {
+        let options = AgentOptions {
+            env: owned_env(env),
+            ..AgentOptions::default()
+        };
+        DockerAgent::enroll_and_start_with(core, name, state_dir, &options)
+    }
+
+    /// [`DockerAgent::enroll_and_start`] with extra environment, arguments and a wrapper
+    /// command.
+    pub fn enroll_and_start_with(
+        core: &Core,
+        name: &str,
+        state_dir: &Path,
+        options: &AgentOptions,
+    ) -> Result<DockerAgent> {
         let grant = core.wharf_json(&["agent", "token", "create", "--name", name])?;
         let token = grant["token"]
             .as_str()
@@ -419,7 +465,9 @@ impl DockerAgent {
             state_dir: state_dir.to_path_buf(),
             core_addr: core.addr(),
             program: core.binaries.agent_docker.clone(),
-            extra_env: owned_env(env),
+            extra_env: options.env.clone(),
+            extra_args: options.args.clone(),
+            wrapper: options.wrapper.clone(),
         };
         let process = launch.spawn(Some((token, ca_hash)))?;
         core.wait_agent_state(name, "online", START_TIMEOUT)?;

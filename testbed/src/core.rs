@@ -109,8 +109,8 @@ pub fn core_binary() -> Result<PathBuf> {
     Ok(BIN.get_or_init(|| bin).clone())
 }
 
-/// A `wharf-core serve` child on 127.0.0.1 with a fixed port and data dir; killed on
-/// drop. Its output is collected ([`CoreProcess::output`]).
+/// A `wharf-core serve` child on 127.0.0.1 (or another address of this host) with a fixed
+/// port and data dir; killed on drop. Its output is collected ([`CoreProcess::output`]).
 #[derive(Debug)]
 pub struct CoreProcess {
     process: Option<Process>,
@@ -119,6 +119,9 @@ pub struct CoreProcess {
     pub data: PathBuf,
     /// The TCP (HTTPS) and UDP (QUIC) port.
     pub port: u16,
+    /// The address core listens on (and its certificate covers): 127.0.0.1 unless
+    /// [`CoreProcess::start_on`] chose another.
+    ip: std::net::IpAddr,
 }
 
 impl CoreProcess {
@@ -138,11 +141,22 @@ impl CoreProcess {
     ///
     /// Core did not come up.
     pub fn start_with(binary: &Path, data: &Path) -> Result<CoreProcess> {
+        CoreProcess::start_on(binary, data, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// [`CoreProcess::start_with`] listening on `ip` (a free port of 127.0.0.1), with a
+    /// server certificate that covers `ip` (`--name`).
+    ///
+    /// # Errors
+    ///
+    /// Core did not come up.
+    pub fn start_on(binary: &Path, data: &Path, ip: std::net::IpAddr) -> Result<CoreProcess> {
         let mut core = CoreProcess {
             process: None,
             binary: binary.to_path_buf(),
             data: data.to_path_buf(),
             port: crate::free_port()?,
+            ip,
         };
         core.spawn()?;
         Ok(core)
@@ -156,9 +170,9 @@ impl CoreProcess {
             .unwrap_or_default()
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `IP:PORT` (`127.0.0.1:PORT` by default).
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        std::net::SocketAddr::new(self.ip, self.port).to_string()
     }
 
     /// The child's pid, while it runs.
@@ -176,6 +190,9 @@ impl CoreProcess {
         cmd.args(["serve", "--data-dir"])
             .arg(&self.data)
             .args(["--listen", &self.addr()]);
+        if !self.ip.is_loopback() {
+            cmd.args(["--name", &self.ip.to_string()]);
+        }
         for (key, _) in std::env::vars() {
             if key.starts_with("WHARF_") {
                 cmd.env_remove(key);
@@ -186,7 +203,7 @@ impl CoreProcess {
         loop {
             process.check_running()?;
             if self.data.join("admin.token").exists()
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && std::net::TcpStream::connect((self.ip, self.port)).is_ok()
             {
                 self.process = Some(process);
                 return Ok(());

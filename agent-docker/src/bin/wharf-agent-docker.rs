@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! wharf-agent-docker --core HOST:7443 --state-dir DIR [--token T --ca-hash sha256:HEX]
-//!                    [--name N] [--docker-host URL] [--transport quic]
+//!                    [--name N] [--docker-host URL] [--transport auto|quic|poll]
+//!                    [--quic-fallback-after 3s] [--quic-retry-every 60s]
 //! ```
 //!
 //! Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 2 invalid input, 3 core refused
@@ -11,12 +12,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use wharf_agent_docker::docker::{BollardDocker, DockerExecutor, DockerExecutorConfig};
 use wharf_agent_docker::runtime::process::{exit_code, host_name, shutdown_signal};
-use wharf_agent_docker::runtime::{AgentConfig, RuntimeError};
+use wharf_agent_docker::runtime::{AgentConfig, RuntimeError, Transport};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,15 +50,32 @@ struct Cli {
     /// The Docker engine (default: DOCKER_HOST, else the local socket).
     #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
     docker_host: Option<String>,
-    /// How to reach core. Only `quic` exists so far; HTTPS polling (`poll`, `auto`)
-    /// comes with the polling transport.
-    #[arg(long, value_enum, default_value_t = Transport::Quic)]
-    transport: Transport,
+    /// How to reach core: `quic`; `poll` (HTTPS long polling over TCP, where UDP is
+    /// blocked); `auto`, QUIC, falling back to polling while QUIC cannot connect.
+    #[arg(long, env = "WHARF_TRANSPORT", value_enum, default_value_t = TransportArg::Auto)]
+    transport: TransportArg,
+    /// With `--transport auto`: how long QUIC may take to connect before the agent polls.
+    #[arg(long, env = "WHARF_QUIC_FALLBACK_AFTER", value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    quic_fallback_after: Duration,
+    /// With `--transport auto`: how often a polling agent tries QUIC again.
+    #[arg(long, env = "WHARF_QUIC_RETRY_EVERY", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    quic_retry_every: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Transport {
+enum TransportArg {
+    Auto,
     Quic,
+    Poll,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}: expected a duration such as 3s or 500ms"))?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {
@@ -78,7 +97,6 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Transport::Quic = cli.transport;
     let name = match cli.name.clone() {
         Some(name) => name,
         None => host_name()
@@ -86,6 +104,13 @@ fn run() -> anyhow::Result<()> {
     };
     let mut config = AgentConfig::new(cli.core.clone(), cli.state_dir.clone(), name);
     config.server_name = cli.server_name.clone();
+    config.transport = match cli.transport {
+        TransportArg::Auto => Transport::Auto,
+        TransportArg::Quic => Transport::Quic,
+        TransportArg::Poll => Transport::Poll,
+    };
+    config.quic_fallback_after = cli.quic_fallback_after;
+    config.quic_retry_every = cli.quic_retry_every;
     match (cli.token.clone(), cli.ca_hash.clone()) {
         (Some(token), Some(ca_hash)) => config = config.with_enrollment(token, ca_hash),
         (Some(_), None) => {
@@ -109,7 +134,7 @@ fn run() -> anyhow::Result<()> {
             .await
             .context("cannot reach the Docker engine (is it running, and may this user use its socket?)")?;
         let executor = DockerExecutor::new(docker, DockerExecutorConfig::new(&cli.state_dir));
-        tracing::info!(core = %cli.core, state_dir = %cli.state_dir.display(), "wharf-agent-docker starting");
+        tracing::info!(core = %cli.core, state_dir = %cli.state_dir.display(), transport = config.transport.as_str(), "wharf-agent-docker starting");
         wharf_agent_docker::runtime::run(config, executor, shutdown_signal()).await?;
         tracing::info!("wharf-agent-docker stopped");
         anyhow::Ok(())

@@ -52,6 +52,31 @@ impl Backoff {
     }
 }
 
+/// How the agent reaches core (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// QUIC first; HTTPS long polling when QUIC cannot connect within
+    /// [`AgentConfig::quic_fallback_after`], retrying QUIC every
+    /// [`AgentConfig::quic_retry_every`] while polling (the binaries' default).
+    Auto,
+    /// QUIC only (the default of [`AgentConfig::new`]).
+    #[default]
+    Quic,
+    /// HTTPS long polling only.
+    Poll,
+}
+
+impl Transport {
+    /// `auto`, `quic` or `poll`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Auto => "auto",
+            Transport::Quic => "quic",
+            Transport::Poll => "poll",
+        }
+    }
+}
+
 /// When the client certificate is renewed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RenewalPolicy {
@@ -89,7 +114,14 @@ pub enum RuntimeEvent {
         /// Its id.
         agent_id: Uuid,
     },
-    /// A session was opened (`Welcome`); `session` counts from 1 in this run.
+    /// A session started on this transport (`quic` or `poll`): sent right before
+    /// [`RuntimeEvent::Connected`].
+    TransportInUse {
+        /// `quic` or `poll`.
+        transport: &'static str,
+    },
+    /// A session was opened (`Welcome`, or the first answer to a poll); `session` counts
+    /// from 1 in this run.
     Connected {
         /// The session number.
         session: u64,
@@ -178,13 +210,23 @@ pub struct AgentConfig {
     pub shutdown_grace: Duration,
     /// Pruning of acknowledged journal records.
     pub journal: JournalConfig,
+    /// How the agent reaches core.
+    pub transport: Transport,
+    /// With [`Transport::Auto`]: how long QUIC may take to connect before the agent polls.
+    pub quic_fallback_after: Duration,
+    /// With [`Transport::Auto`]: how often a polling agent tries QUIC again.
+    pub quic_retry_every: Duration,
+    /// The longest a poll request may take (core holds one up to its long poll, 25 s by
+    /// default).
+    pub poll_timeout: Duration,
     /// Where [`RuntimeEvent`]s go (`None`: nowhere).
     pub events: Option<mpsc::UnboundedSender<RuntimeEvent>>,
 }
 
 impl AgentConfig {
     /// A configuration with the defaults: 100 ms – 10 s backoff, hourly renewal checks,
-    /// 15 s connect and idle timeouts, 60 s ack timeout, 10 s shutdown grace.
+    /// 15 s connect and idle timeouts, 60 s ack timeout, 10 s shutdown grace; QUIC (with
+    /// `auto`: fallback after 3 s, QUIC retried every 60 s; 60 s poll timeout).
     pub fn new(
         core_addr: impl Into<String>,
         state_dir: impl Into<PathBuf>,
@@ -205,6 +247,10 @@ impl AgentConfig {
             ack_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             journal: JournalConfig::default(),
+            transport: Transport::Quic,
+            quic_fallback_after: Duration::from_secs(3),
+            quic_retry_every: Duration::from_secs(60),
+            poll_timeout: Duration::from_secs(60),
             events: None,
         }
     }

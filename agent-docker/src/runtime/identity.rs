@@ -452,10 +452,11 @@ pub(crate) fn server_name_for(
 }
 
 /// A reqwest client over `tls` that connects to `core_addr` but verifies `server_name`.
-async fn http_client(
+pub(crate) async fn http_client(
     tls: rustls::ClientConfig,
     core_addr: &str,
     server_name: &str,
+    timeout: Duration,
 ) -> Result<(reqwest::Client, String), EnrollError> {
     let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(core_addr)
         .await
@@ -467,7 +468,7 @@ async fn http_client(
     let port = addrs.first().map(|a| a.port()).unwrap_or(0);
     let client = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
-        .timeout(REQUEST_TIMEOUT)
+        .timeout(timeout)
         .resolve_to_addrs(server_name, &addrs)
         .build()
         .map_err(|e| EnrollError::Invalid(error_chain(&e)))?;
@@ -547,7 +548,7 @@ pub async fn enroll(input: EnrollInput<'_>) -> Result<Identity, EnrollError> {
         AgentSealKey::generate().map_err(|e| EnrollError::Invalid(format!("X25519 key: {e}")))?;
     let tls = enrollment_client_config(pin, &[ALPN_HTTP11])
         .map_err(|e| EnrollError::Invalid(e.to_string()))?;
-    let (client, base) = http_client(tls, input.core_addr, &server_name).await?;
+    let (client, base) = http_client(tls, input.core_addr, &server_name, REQUEST_TIMEOUT).await?;
     let request = EnrollRequest {
         token: input.token.clone(),
         name: input.name.to_string(),
@@ -598,7 +599,7 @@ pub async fn renew(
     let tls = current
         .client_config(&[ALPN_HTTP11])
         .map_err(|e| EnrollError::Invalid(e.to_string()))?;
-    let (client, base) = http_client(tls, core_addr, &name).await?;
+    let (client, base) = http_client(tls, core_addr, &name, REQUEST_TIMEOUT).await?;
     let (key_pem, csr_pem) = generate_agent_key_and_csr(&current.name)
         .map_err(|e| EnrollError::Invalid(format!("agent name {:?}: {e}", current.name)))?;
     let url = format!("{base}{RENEW_PATH}");

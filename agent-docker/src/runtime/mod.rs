@@ -20,8 +20,14 @@
 //!    its target's lock (two targets run at once, one target runs one task at a time).
 //!    Results without `ResultAck` go in the next `Hello`; a result whose stream is gone
 //!    makes the session reconnect (once the task streams are quiet) to deliver it.
+//!    Or **polling** (`poll.rs`, [`Transport::Poll`]): HTTPS long polls of
+//!    `/agent/v1/poll` with the same client certificate, journal and task rules; with
+//!    [`Transport::Auto`] the agent polls while QUIC cannot connect within
+//!    [`AgentConfig::quic_fallback_after`] and goes back to QUIC once it connects (tried
+//!    every [`AgentConfig::quic_retry_every`]).
 //! 5. **Reconnection** with jittered exponential backoff ([`Backoff`]), forever; `Reject`
-//!    with `upgrade required` ends [`run`] with [`RuntimeError::UpgradeRequired`].
+//!    with `upgrade required` (or a poll's 426) ends [`run`] with
+//!    [`RuntimeError::UpgradeRequired`].
 //! 6. **Renewal**: the certificate is renewed over mutual TLS when less than
 //!    [`RenewalPolicy::renew_below`] of its lifetime is left; the next connection uses it.
 //! 7. **Shutdown**: when the `shutdown` future resolves, the connection is closed, running
@@ -33,6 +39,7 @@ pub mod config;
 pub mod executor;
 pub mod identity;
 pub mod journal;
+mod poll;
 pub mod process;
 mod session;
 mod tasks;
@@ -43,13 +50,14 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-pub use config::{AgentConfig, Backoff, RenewalPolicy, RuntimeEvent};
+pub use config::{AgentConfig, Backoff, RenewalPolicy, RuntimeEvent, Transport};
 pub use executor::{CheckpointError, CheckpointSink, Executor, ProgressLine, TaskContext};
 pub use identity::{EnrollError, Identity, IdentityError};
 pub use journal::{Journal, JournalConfig, JournalError, JournalRecord, JournalState};
 
 use identity::EnrollInput;
-use session::{ConnectError, SessionEnd, SessionState};
+use poll::PollEnd;
+use session::{ConnectError, Session, SessionEnd, SessionState};
 use tasks::Shared;
 
 /// Why the runtime stopped (or could not start). [`RuntimeError::exit_code`] maps it to
@@ -224,25 +232,44 @@ pub(crate) async fn stopping(flag: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Sessions one after the other until shutdown or a fatal rejection.
+/// Sessions one after the other until shutdown or a fatal rejection, over the configured
+/// transport: QUIC; HTTPS polling; or `auto`, QUIC first and polling while QUIC cannot
+/// connect (the polling session tries QUIC again now and then and hands over to it).
 async fn supervise<E: Executor>(
     shared: &Arc<Shared<E>>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), RuntimeError> {
     let mut state = SessionState::default();
     let mut attempt = 0u32;
+    let mut ready: Option<Session> = None;
+    let transport = shared.config.transport;
+    let upgrade = || RuntimeError::UpgradeRequired {
+        core_addr: shared.config.core_addr.clone(),
+        agent_version: shared.config.agent_version.clone(),
+    };
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        let established = tokio::select! {
-            r = session::establish(shared.as_ref()) => r,
-            _ = stopping(stop) => return Ok(()),
+        let quic = match (ready.take(), transport) {
+            (Some(session), _) => Some(Ok(session)),
+            (None, Transport::Poll) => None,
+            (None, Transport::Quic | Transport::Auto) => {
+                let within = if transport == Transport::Auto {
+                    shared.config.quic_fallback_after
+                } else {
+                    shared.config.connect_timeout
+                };
+                tokio::select! {
+                    r = session::establish(shared.as_ref(), within) => Some(r),
+                    _ = stopping(stop) => return Ok(()),
+                }
+            }
         };
-        let delay = match established {
-            Ok(session) => {
+        let fallback = match quic {
+            Some(Ok(session)) => {
                 attempt = 0;
-                match session::run_session(shared, &mut state, session, stop).await {
+                let delay = match session::run_session(shared, &mut state, session, stop).await {
                     SessionEnd::Shutdown => return Ok(()),
                     SessionEnd::Cycle => {
                         shared.config.emit(RuntimeEvent::Disconnected {
@@ -255,29 +282,81 @@ async fn supervise<E: Executor>(
                         shared.config.emit(RuntimeEvent::Disconnected { reason });
                         shared.config.backoff.delay(0)
                     }
+                };
+                if !sleep_or_stop(delay, stop).await {
+                    return Ok(());
                 }
+                continue;
             }
-            Err(ConnectError::Rejected(reason)) if session::is_upgrade_required(&reason) => {
+            Some(Err(ConnectError::Rejected(reason))) if session::is_upgrade_required(&reason) => {
                 tracing::error!(%reason, "core rejected this agent's version");
-                return Err(RuntimeError::UpgradeRequired {
-                    core_addr: shared.config.core_addr.clone(),
-                    agent_version: shared.config.agent_version.clone(),
-                });
+                return Err(upgrade());
             }
-            Err(error) => {
+            // Core answered over QUIC (a `Reject`), or QUIC is all there is: retry QUIC.
+            Some(Err(error))
+                if transport == Transport::Quic || matches!(error, ConnectError::Rejected(_)) =>
+            {
                 let delay = shared.config.backoff.delay(attempt);
                 attempt = attempt.saturating_add(1);
                 tracing::warn!(%error, ?delay, "cannot connect to core; retrying");
                 shared.config.emit(RuntimeEvent::ConnectFailed {
                     error: error.to_string(),
                 });
+                if !sleep_or_stop(delay, stop).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            Some(Err(error)) => Some(error),
+            None => None,
+        };
+        if let Some(error) = fallback {
+            tracing::warn!(%error, "QUIC cannot connect: falling back to HTTPS polling");
+            shared.config.emit(RuntimeEvent::ConnectFailed {
+                error: error.to_string(),
+            });
+        }
+        let retry = (transport == Transport::Auto).then_some(shared.config.quic_retry_every);
+        let delay = match poll::run_poll_session(shared, &mut state, stop, retry).await {
+            PollEnd::Shutdown => return Ok(()),
+            PollEnd::Quic(session) => {
+                shared.config.emit(RuntimeEvent::Disconnected {
+                    reason: "QUIC connects again: leaving HTTPS polling".into(),
+                });
+                ready = Some(*session);
+                continue;
+            }
+            PollEnd::UpgradeRequired(reason) => {
+                tracing::error!(%reason, "core rejected this agent's version");
+                return Err(upgrade());
+            }
+            PollEnd::Lost { reason, connected } => {
+                if connected {
+                    attempt = 0;
+                    tracing::warn!(%reason, "polling core ended");
+                    shared.config.emit(RuntimeEvent::Disconnected { reason });
+                } else {
+                    tracing::warn!(%reason, "cannot poll core");
+                    shared
+                        .config
+                        .emit(RuntimeEvent::ConnectFailed { error: reason });
+                }
+                let delay = shared.config.backoff.delay(attempt);
+                attempt = attempt.saturating_add(1);
                 delay
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stopping(stop) => return Ok(()),
+        if !sleep_or_stop(delay, stop).await {
+            return Ok(());
         }
+    }
+}
+
+/// Sleeps `delay`; `false` if shutdown came first.
+async fn sleep_or_stop(delay: std::time::Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stopping(stop) => false,
     }
 }
 

@@ -37,7 +37,7 @@ const CYCLE_MAX_WAIT: Duration = Duration::from_secs(60);
 const REDELIVERY_CHECK: Duration = Duration::from_millis(500);
 /// After this many sessions whose `Hello` carried a result that core never acknowledged,
 /// the result is dropped from the journal (core refuses it: unknown task, another agent's).
-const MAX_HELLO_OFFERS: u32 = 3;
+pub(crate) const MAX_HELLO_OFFERS: u32 = 3;
 
 /// Why a connection attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,8 +82,9 @@ pub(crate) struct Session {
 pub(crate) struct SessionState {
     /// Sessions opened so far.
     pub(crate) sessions: u64,
-    /// Per pending result: how many `Hello`s carried it without an ack.
-    offers: HashMap<TaskKey, u32>,
+    /// Per pending result: how many `Hello`s (or answered polls) carried it without an
+    /// ack.
+    pub(crate) offers: HashMap<TaskKey, u32>,
 }
 
 fn client_endpoint(addr: SocketAddr) -> std::io::Result<Endpoint> {
@@ -147,8 +148,12 @@ fn close_reason(error: &ConnectionError) -> String {
 /// The TLS alert `certificate_revoked`.
 const CERTIFICATE_REVOKED_ALERT: u8 = 44;
 
-/// Dials core, sends `Hello` with the pending results, waits for `Welcome`.
-pub(crate) async fn establish<E: Executor>(shared: &Shared<E>) -> Result<Session, ConnectError> {
+/// Dials core, sends `Hello` with the pending results, waits for `Welcome` (all within
+/// `within`).
+pub(crate) async fn establish<E: Executor>(
+    shared: &Shared<E>,
+    within: Duration,
+) -> Result<Session, ConnectError> {
     let config = &shared.config;
     let attempt = async {
         let (addr, server_name) = resolve(&config.core_addr, config.server_name.as_deref()).await?;
@@ -224,11 +229,10 @@ pub(crate) async fn establish<E: Executor>(shared: &Shared<E>) -> Result<Session
             )),
         }
     };
-    match tokio::time::timeout(config.connect_timeout, attempt).await {
+    match tokio::time::timeout(within, attempt).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Connection(format!(
-            "no answer from core within {:?}",
-            config.connect_timeout
+            "no answer from core over QUIC within {within:?}"
         ))),
     }
 }
@@ -248,7 +252,7 @@ impl Drop for StreamGuard<'_> {
 }
 
 /// Host load for heartbeats, from `/proc` (zeros where it cannot be read).
-fn host_load() -> Load {
+pub(crate) fn host_load() -> Load {
     let load1_milli = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
@@ -288,6 +292,9 @@ pub(crate) async fn run_session<E: Executor>(
     } = session;
     let max = welcome.limits.max_frame_len.clamp(1024, DEFAULT_MAX_FRAME);
     state.sessions += 1;
+    shared
+        .config
+        .emit(RuntimeEvent::TransportInUse { transport: "quic" });
     shared.config.emit(RuntimeEvent::Connected {
         session: state.sessions,
         pending_results: offered.len(),
@@ -414,7 +421,7 @@ pub(crate) async fn run_session<E: Executor>(
     end
 }
 
-async fn acked<E: Executor>(shared: &Shared<E>, task_id: Uuid, attempt: u32) {
+pub(crate) async fn acked<E: Executor>(shared: &Shared<E>, task_id: Uuid, attempt: u32) {
     match shared.journal.ack(task_id, attempt).await {
         Ok(()) => shared
             .config

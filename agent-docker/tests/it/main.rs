@@ -6,6 +6,7 @@
 //! - [`docker`]: the Docker executor against the real Docker engine and a local registry.
 
 mod docker;
+mod poll;
 mod runtime;
 mod runtime_protocol;
 mod support;

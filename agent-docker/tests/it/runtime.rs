@@ -19,13 +19,13 @@ use crate::support::{fast, image, start_agent, Agent, Call, Script, WAIT};
 // ---------------------------------------------------------------------------------------
 
 /// A `wharf-core serve` child with its own data dir, and an admin API client.
-struct Bed {
-    core: CoreProcess,
-    api: CoreApi,
+pub(crate) struct Bed {
+    pub(crate) core: CoreProcess,
+    pub(crate) api: CoreApi,
     _data: tempfile::TempDir,
 }
 
-async fn bed() -> Bed {
+pub(crate) async fn bed() -> Bed {
     let data = tempfile::tempdir().unwrap();
     let core = tokio::task::spawn_blocking({
         let data = data.path().join("core");
@@ -43,7 +43,7 @@ async fn bed() -> Bed {
 
 impl Bed {
     /// A configuration enrolling `name` with a fresh token, with short timeouts.
-    async fn config(&self, name: &str, state: &Path) -> AgentConfig {
+    pub(crate) async fn config(&self, name: &str, state: &Path) -> AgentConfig {
         let grant = self.api.create_enroll_token(name, None).await.unwrap();
         fast(AgentConfig::new(self.core.addr(), state, name))
             .with_enrollment(grant.token, grant.ca_hash)
@@ -59,7 +59,12 @@ impl Bed {
         tokio::task::block_in_place(|| self.core.spawn().expect("wharf-core restarts"));
     }
 
-    async fn submit(&self, agent: &str, target: &str, expires_in: Option<Duration>) -> TaskView {
+    pub(crate) async fn submit(
+        &self,
+        agent: &str,
+        target: &str,
+        expires_in: Option<Duration>,
+    ) -> TaskView {
         let submitted = self
             .api
             .submit(&SubmitRequest {
@@ -80,7 +85,7 @@ impl Bed {
     }
 
     /// Waits until task `id` is in `state` in core.
-    async fn wait_state(&self, id: Uuid, state: TaskState) -> TaskView {
+    pub(crate) async fn wait_state(&self, id: Uuid, state: TaskState) -> TaskView {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let task = self.api.task(id).await.unwrap().expect("task exists");
@@ -98,7 +103,7 @@ impl Bed {
 
     /// Waits until agent `name` has `state` in `GET /v1/agents` (core opens the session
     /// just after it sends `Welcome`).
-    async fn wait_agent_state(&self, name: &str, state: &str) {
+    pub(crate) async fn wait_agent_state(&self, name: &str, state: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let agents = self.api.agents().await.unwrap();

@@ -138,6 +138,11 @@ impl RawBody {
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         parse_json(&self.0)
     }
+
+    /// The body's bytes (for bodies that are not JSON: the polling transport's postcard).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {

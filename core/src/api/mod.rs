@@ -12,14 +12,17 @@
 //!   handlers, garbage and failed handshakes counted and closed.
 //! - [`serve`] does both for `wharf-core serve`.
 //!
-//! Not served yet: `/agent/v1/poll` (the polling transport) and `/v1/audit` (the fleet
-//! sticker audit); both answer 404.
+//! - `POST /agent/v1/poll` (`poll.rs`): the polling transport's HTTP side, over the
+//!   [`PollHub`](crate::transport::poll::PollHub) given to [`router_with_poll`].
+//!
+//! Not served yet: `/v1/audit` (the fleet sticker audit) answers 404.
 
 mod admin;
 mod agents;
 mod error;
 mod extract;
 pub mod metrics;
+mod poll;
 mod server;
 mod tasks;
 
@@ -44,6 +47,7 @@ pub use server::{serve_https, GRACE, HANDSHAKE_TIMEOUT, HEADER_READ_TIMEOUT};
 
 use crate::app::App;
 use crate::pki::{https_server_config, ALPN_HTTP11};
+use crate::transport::poll::{PollConfig, PollHub};
 
 /// What every handler gets.
 #[derive(Clone, Debug)]
@@ -104,10 +108,17 @@ pub async fn serve(
     Ok(())
 }
 
-/// Every route of docs/api.md (but `/v1/audit` and `/agent/v1/poll`), each counted in
-/// `wharf_http_requests_total` under its template.
+/// Every route of docs/api.md (but `/v1/audit`), each counted in
+/// `wharf_http_requests_total` under its template, with a polling hub of the default
+/// [`PollConfig`].
 pub fn router(state: ApiState) -> Router {
-    let routes: [(&'static str, MethodRouter<ApiState>); 17] = [
+    let hub = PollHub::new(state.app.clone(), PollConfig::default());
+    router_with_poll(state, hub)
+}
+
+/// [`router`] with the polling sessions of `hub` (its long poll and caps).
+pub fn router_with_poll(state: ApiState, hub: Arc<PollHub>) -> Router {
+    let routes: [(&'static str, MethodRouter<ApiState>); 18] = [
         ("/healthz", get(healthz)),
         ("/metrics", get(metrics_text)),
         ("/v1/tasks", post(tasks::submit).get(tasks::list)),
@@ -127,6 +138,7 @@ pub fn router(state: ApiState) -> Router {
         ("/v1/audit-log/verify", get(admin::audit_verify)),
         ("/agent/v1/enroll", post(agents::enroll)),
         ("/agent/v1/renew", post(agents::renew)),
+        (wharf_protocol::POLL_PATH, post(poll::poll)),
         ("/", get(root)),
     ];
     let mut router = Router::new();
@@ -145,7 +157,10 @@ pub fn router(state: ApiState) -> Router {
             }));
         router = router.route(path, counted);
     }
-    router.fallback(not_found).with_state(state)
+    router
+        .fallback(not_found)
+        .layer(axum::Extension(hub))
+        .with_state(state)
 }
 
 async fn healthz() -> &'static str {

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! wharf-core serve --data-dir DIR [--listen 0.0.0.0:7443] [--name HOST]... [--config FILE]
+//!                  [--long-poll 25s] [--poll-rate 20] [--poll-max-in-flight 20000]
 //! ```
 //!
 //! Settings come from, in order of precedence: flags; the environment (`WHARF_DATA_DIR`,
@@ -37,6 +38,7 @@ use wharf_core::app::{files, App, AppConfig, MASTER_KEY_ENV};
 use wharf_core::directory::MasterKey;
 use wharf_core::engine::EngineConfig;
 use wharf_core::pki::SecretString;
+use wharf_core::transport::poll::{PollConfig, PollHub};
 
 /// Default listen address (TCP for HTTPS, UDP for QUIC).
 const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
@@ -79,6 +81,28 @@ struct ServeArgs {
     /// and the environment override it.
     #[arg(long, env = "WHARF_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Longest time a poll request of the polling transport is held waiting for a task
+    /// (e.g. 25s, 500ms; at most 50s).
+    #[arg(long, env = "WHARF_LONG_POLL", value_name = "DURATION", default_value = "25s", value_parser = parse_duration)]
+    long_poll: Duration,
+    /// Poll requests one agent may make per second (sustained; bursts of twice as many).
+    #[arg(long, env = "WHARF_POLL_RATE", value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    poll_rate: u32,
+    /// Poll requests in flight (held or being served) in total; more get 429.
+    #[arg(long, env = "WHARF_POLL_MAX_IN_FLIGHT", value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    poll_max_in_flight: u64,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}: expected a duration such as 25s or 500ms"))?;
+    if d.is_zero() || d > wharf_core::transport::poll::MAX_LONG_POLL {
+        return Err(format!(
+            "must be more than 0 and at most {}",
+            humantime::format_duration(wharf_core::transport::poll::MAX_LONG_POLL)
+        ));
+    }
+    Ok(d)
 }
 
 /// The `--config` file.
@@ -127,6 +151,7 @@ struct Settings {
     names: (Vec<String>, Source),
     master_key: Option<(SecretString, Source)>,
     config_file: Option<PathBuf>,
+    poll: PollConfig,
 }
 
 fn source_of(matches: &ArgMatches, id: &str) -> Option<Source> {
@@ -138,6 +163,13 @@ fn source_of(matches: &ArgMatches, id: &str) -> Option<Source> {
 }
 
 fn resolve(args: ServeArgs, matches: &ArgMatches) -> Result<Settings> {
+    let poll = PollConfig {
+        long_poll: args.long_poll,
+        max_requests_per_sec: args.poll_rate,
+        burst: args.poll_rate.saturating_mul(2),
+        max_in_flight: usize::try_from(args.poll_max_in_flight).unwrap_or(usize::MAX),
+        ..PollConfig::default()
+    };
     let file = match &args.config {
         None => FileConfig::default(),
         Some(path) => {
@@ -223,6 +255,7 @@ fn resolve(args: ServeArgs, matches: &ArgMatches) -> Result<Settings> {
         names,
         master_key: master_key.map(|(k, s)| (SecretString::new(k.expose().trim().to_string()), s)),
         config_file: args.config,
+        poll,
     })
 }
 
@@ -291,6 +324,9 @@ async fn serve(settings: Settings) -> Result<()> {
         names_from = names_from.as_str(),
         master_key = %master_key,
         config = ?settings.config_file,
+        long_poll = ?settings.poll.long_poll,
+        poll_rate = settings.poll.max_requests_per_sec,
+        poll_max_in_flight = settings.poll.max_in_flight,
         version = env!("CARGO_PKG_VERSION"),
         "wharf-core configuration"
     );
@@ -338,11 +374,15 @@ async fn serve(settings: Settings) -> Result<()> {
     .with_context(|| format!("cannot listen on {quic_addr} (udp)"))?;
     let quic = tokio::spawn(quic_server.run(stopped.clone()));
 
-    let router = api::router(ApiState {
-        app: app.clone(),
-        metrics: metrics.clone(),
-        shutdown: stopped.clone(),
-    });
+    let poll_hub = PollHub::new(app.clone(), settings.poll.clone());
+    let router = api::router_with_poll(
+        ApiState {
+            app: app.clone(),
+            metrics: metrics.clone(),
+            shutdown: stopped.clone(),
+        },
+        poll_hub,
+    );
     let https = tokio::spawn(api::serve_https(
         listener,
         tls,

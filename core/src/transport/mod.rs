@@ -4,6 +4,8 @@
 //!   stream per agent connection (`Hello`, `Welcome`/`Reject`, `Heartbeat`s), one
 //!   core-opened stream per task (`Assign`, `Accepted`, `Progress`, `Result`, `ResultAck`,
 //!   `Cancel`).
+//! - [`poll`]: the HTTPS long-poll sessions behind `POST /agent/v1/poll` ([`poll::PollHub`];
+//!   the HTTP side is `api/poll.rs`), for hosts where UDP is blocked.
 //!
 //! Transports are thin shells: the agent's identity comes from its certificate and the
 //! [`Directory`](crate::directory::Directory), every task decision is the
@@ -15,6 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 mod endpoint_key;
+pub mod poll;
 pub mod quic;
 
 pub use endpoint_key::{EndpointKey, MIN_RESET_INTERVAL};

@@ -1,4 +1,5 @@
 mod api;
 mod cli;
+mod poll;
 mod quic;
 mod store;

@@ -110,6 +110,7 @@ proptest! {
             heartbeat: gen::arb(&heartbeat),
             results: results.iter().map(|b| gen::arb(b)).collect(),
             progress: progress.iter().map(|b| gen::arb(b)).collect(),
+            accepted: gen::arb(&acked),
         };
         let resp = PollResponse {
             tasks: tasks

@@ -1,7 +1,7 @@
 //! End to end through the real programs: `wharf-core serve`, `wharf-agent-docker` and the
 //! `wharf` CLI, against the real Docker engine and a private registry (htpasswd).
 //!
-//! - the story: deploy v1, v2 (swap), `broken` (restored: v2 answers again,
+//! - the story (over QUIC, and again with `--transport poll`): deploy v1, v2 (swap), `broken` (restored: v2 answers again,
 //!   `rolled_back=true` with the failed container's log lines), `rollback` to v1;
 //!   `inspect` and `sticker read` agree with what runs; a digest absent from the registry
 //!   fails with nothing changed; a tag-only reference is refused by the CLI with exit 2
@@ -169,7 +169,25 @@ fn result<'a>(task: &'a Value, field: &str) -> &'a Value {
 
 #[test]
 fn deploy_swap_broken_restored_rollback_inspect_sticker_and_no_secret_anywhere() {
-    let fleet = Fleet::start("story", &[]);
+    // The binary's default transport is `auto`: QUIC, which connects here.
+    story("story", &[], "quic");
+}
+
+/// The same story with `--transport poll` (HTTPS long polling, no UDP at all).
+#[test]
+fn the_story_over_https_polling() {
+    story("story-poll", &[("WHARF_TRANSPORT", "poll")], "poll");
+}
+
+/// The story with an agent started with `agent_env`, whose session must use `transport`.
+fn story(name: &str, agent_env: &[(&str, &str)], transport: &str) {
+    let fleet = Fleet::start(name, agent_env);
+    let entry = fleet
+        .core
+        .agent_entry(&fleet.agent.name)
+        .unwrap()
+        .expect("the agent is listed");
+    assert_eq!(entry["transport"], transport, "{entry}");
     let target = format!("e2e-web-{}", wharf_testbed::unique_suffix());
     let previous = format!("{target}-previous");
     let _cleanup = RemoveContainers(vec![target.clone(), previous.clone()]);

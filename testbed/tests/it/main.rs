@@ -6,6 +6,7 @@ mod docker_agent;
 mod registry;
 mod simagent;
 mod testapp;
+mod udp_blocked;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, ChildStdout};
