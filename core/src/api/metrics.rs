@@ -15,12 +15,14 @@
 //! | `wharf_https_connections_refused_total` | counter | `reason` (`certificate`, `timeout`, `tls`, `eof`, `io`) |
 //! | `wharf_quic_<counter>_total` | counter | every [`TransportCounters`] field but `sessions_active` |
 //! | `wharf_quic_sessions_active` | gauge | |
+//! | `wharf_poll_<counter>_total` | counter | every [`PollCounters`] field (once a poll hub is attached) |
+//! | `wharf_poll_requests_in_flight`, `wharf_poll_sessions_active` | gauge | |
 //!
 //! No label carries a secret, a task payload or anything a client chooses freely (routes
 //! are templates; methods outside the standard ones are `other`).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -31,6 +33,7 @@ use prometheus_client::registry::Registry;
 
 use crate::app::App;
 use crate::queue::TaskState;
+use crate::transport::poll::{PollCounters, PollHub};
 use crate::transport::TransportCounters;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -59,6 +62,7 @@ pub struct Metrics {
     tasks: Family<StateLabels, Gauge>,
     agents: Family<StateLabels, Gauge>,
     quic: Arc<TransportCounters>,
+    poll: Arc<OnceLock<Arc<PollHub>>>,
 }
 
 impl fmt::Debug for Metrics {
@@ -89,6 +93,41 @@ impl Collector for QuicCollector {
                 let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
                 counter.encode(metric)?;
             }
+        }
+        Ok(())
+    }
+}
+
+/// Exposes the polling transport's counters at scrape time, once a hub is attached.
+#[derive(Debug, Default)]
+struct PollCollector(Arc<OnceLock<Arc<PollHub>>>);
+
+impl Collector for PollCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let Some(hub) = self.0.get() else {
+            return Ok(());
+        };
+        let counters: &PollCounters = hub.counters();
+        for (name, help, value) in counters.pairs() {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        for (name, help, value) in [
+            (
+                "requests_in_flight",
+                "Poll requests held or being answered now",
+                hub.in_flight(),
+            ),
+            (
+                "sessions_active",
+                "Polling sessions open now",
+                hub.sessions(),
+            ),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
         }
         Ok(())
     }
@@ -128,6 +167,10 @@ impl Metrics {
         registry
             .sub_registry_with_prefix("quic")
             .register_collector(Box::new(QuicCollector(quic.clone())));
+        let poll = Arc::new(OnceLock::new());
+        registry
+            .sub_registry_with_prefix("poll")
+            .register_collector(Box::new(PollCollector(poll.clone())));
         for state in TaskState::ALL {
             tasks
                 .get_or_create(&StateLabels {
@@ -146,7 +189,13 @@ impl Metrics {
             tasks,
             agents,
             quic,
+            poll,
         }
+    }
+
+    /// Exposes `hub`'s counters from now on (the first hub attached stays).
+    pub fn attach_poll(&self, hub: Arc<PollHub>) {
+        let _ = self.poll.set(hub);
     }
 
     /// The QUIC transport's counters: pass them to

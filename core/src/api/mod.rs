@@ -118,6 +118,7 @@ pub fn router(state: ApiState) -> Router {
 
 /// [`router`] with the polling sessions of `hub` (its long poll and caps).
 pub fn router_with_poll(state: ApiState, hub: Arc<PollHub>) -> Router {
+    state.metrics.attach_poll(hub.clone());
     let routes: [(&'static str, MethodRouter<ApiState>); 18] = [
         ("/healthz", get(healthz)),
         ("/metrics", get(metrics_text)),

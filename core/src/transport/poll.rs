@@ -190,6 +190,61 @@ pub struct PollCounters {
     pub reports_refused: AtomicU64,
 }
 
+impl PollCounters {
+    /// `(name, help, value)` of every counter, for `/metrics` (`wharf_poll_<name>_total`).
+    pub fn pairs(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("requests", "Poll requests admitted", v(&self.requests)),
+            (
+                "rate_limited",
+                "Poll requests refused by the per-agent rate cap (429)",
+                v(&self.rate_limited),
+            ),
+            (
+                "over_capacity",
+                "Poll requests refused because too many were in flight (429)",
+                v(&self.over_capacity),
+            ),
+            (
+                "sessions_opened",
+                "Polling sessions opened",
+                v(&self.sessions_opened),
+            ),
+            (
+                "sessions_offline",
+                "Polling sessions closed because the agent stopped polling",
+                v(&self.sessions_offline),
+            ),
+            (
+                "tasks_sent",
+                "Tasks sent in poll answers (re-sends included)",
+                v(&self.tasks_sent),
+            ),
+            (
+                "cancels_sent",
+                "Cancels sent in poll answers",
+                v(&self.cancels_sent),
+            ),
+            (
+                "results_acked",
+                "Results acknowledged to polling agents",
+                v(&self.results_acked),
+            ),
+            (
+                "results_refused",
+                "Results from polling agents not acknowledged (not theirs, unknown)",
+                v(&self.results_refused),
+            ),
+            (
+                "reports_refused",
+                "Accepted entries or progress lines from polling agents the engine refused",
+                v(&self.reports_refused),
+            ),
+        ]
+    }
+}
+
 fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }

@@ -1054,6 +1054,11 @@ async fn metrics_are_prometheus_text() {
     assert!(samples.contains_key("wharf_https_connections_garbage_total"));
     assert!(samples.contains_key("wharf_quic_handshakes_failed_total"));
     assert!(samples.contains_key("wharf_quic_sessions_active"));
+    // The polling transport's counters and gauges; no agent has polled.
+    assert_eq!(samples["wharf_poll_requests_total"], 0.0);
+    assert_eq!(samples["wharf_poll_results_acked_total"], 0.0);
+    assert_eq!(samples["wharf_poll_sessions_active"], 0.0);
+    assert_eq!(samples["wharf_poll_requests_in_flight"], 0.0);
     assert!(!text.contains(&server.admin));
     assert!(!text.contains(IMAGE_A));
 }

@@ -413,6 +413,29 @@ async fn long_poll_delivers_a_task_at_once_and_results_are_applied_once() {
     let view = core.app.engine.get(id).await.unwrap();
     assert_eq!(view.state, TaskState::Succeeded);
     assert_eq!(view.result.unwrap().outputs["container"], "abc");
+
+    // `/metrics` counts what happened: one task sent, two results acked (the duplicate
+    // too), one polling session open.
+    let text = core
+        .operator
+        .get(format!("https://{}/metrics", core.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(sample("wharf_poll_tasks_sent_total"), 1.0);
+    assert_eq!(sample("wharf_poll_results_acked_total"), 2.0);
+    assert_eq!(sample("wharf_poll_sessions_active"), 1.0);
+    assert!(sample("wharf_poll_requests_total") >= 6.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
