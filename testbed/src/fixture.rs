@@ -1,4 +1,5 @@
-//! The [`Testbed`] fixture: a private registry with every test image pushed.
+//! The [`Testbed`] fixture: a private registry with every test image (and the test hook
+//! image) pushed.
 
 use std::path::Path;
 
@@ -57,6 +58,7 @@ pub struct Testbed {
     built: Vec<BuiltImage>,
     pinned: Vec<(TestVersion, PinnedRef)>,
     local_refs: Vec<String>,
+    hook: PinnedRef,
     // Dropped after the images are removed (see `Drop`).
     registry: Registry,
 }
@@ -67,10 +69,18 @@ impl Testbed {
         let mut registry_options = RegistryOptions::new();
         registry_options.auth = options.auth.clone();
         let registry = Registry::start(registry_options).context("starting the registry")?;
+        let (hook_tag, _) = images::build_hook_image(&options.build)?;
+        let hook = registry
+            .push(&hook_tag, images::HOOK_REPO)
+            .with_context(|| format!("pushing {hook_tag}"))?;
         let mut bed = Testbed {
             built: Vec::new(),
             pinned: Vec::new(),
-            local_refs: Vec::new(),
+            local_refs: vec![
+                format!("{}/{}:latest", registry.host(), images::HOOK_REPO),
+                hook.to_string(),
+            ],
+            hook,
             registry,
         };
         for version in TestVersion::ALL {
@@ -114,6 +124,12 @@ impl Testbed {
             .find(|(v, _)| *v == version)
             .map(|(_, pinned)| pinned)
             .expect("every version is pushed at start")
+    }
+
+    /// The pinned reference of the test hook image (`wharf-testhook`, see
+    /// [`images::build_hook_image`]): `127.0.0.1:PORT/wharf/testhook@sha256:...`.
+    pub fn hook_image(&self) -> &PinnedRef {
+        &self.hook
     }
 
     /// Every version with its pinned reference, in [`TestVersion::ALL`] order.

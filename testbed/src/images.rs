@@ -147,26 +147,41 @@ pub struct BuiltImage {
 /// Builds the static test app binary for `version` (a cargo no-op when it is
 /// up to date) and checks it is statically linked. Returns its path.
 pub fn build_binary(version: TestVersion, options: &BuildOptions) -> Result<PathBuf> {
-    let target_dir = options.target_dir.join(version.as_str());
+    build_static(
+        "wharf-testapp",
+        &options.target_dir.join(version.as_str()),
+        &[("TESTAPP_VERSION", version.as_str())],
+        options,
+    )
+    .with_context(|| format!("building the {version} test app"))
+}
+
+/// Builds the static binary of workspace package `package` (its binary has the package's
+/// name) into `target_dir`, with extra environment `env`, and checks it is static.
+fn build_static(
+    package: &str,
+    target_dir: &Path,
+    env: &[(&str, &str)],
+    options: &BuildOptions,
+) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&options.workspace_root)
         .args(["build", "--release", "--locked", "--quiet"])
-        .args(["-p", "wharf-testapp", "--target", TARGET, "--target-dir"])
-        .arg(&target_dir)
+        .args(["-p", package, "--target", TARGET, "--target-dir"])
+        .arg(target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
         // Small images: no debug info in the copy that goes into the image.
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
-        .env("TESTAPP_VERSION", version.as_str());
-    docker::run(&mut cmd).with_context(|| format!("building the {version} test app"))?;
-    let binary = target_dir
-        .join(TARGET)
-        .join("release")
-        .join("wharf-testapp");
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    docker::run(&mut cmd).with_context(|| format!("building {package}"))?;
+    let binary = target_dir.join(TARGET).join("release").join(package);
     crate::elf::ensure_static(&binary)?;
     Ok(binary)
 }
@@ -196,30 +211,69 @@ pub fn dockerfile(version: TestVersion) -> String {
 /// Builds the image of `version` into `<repo>:<version>`.
 pub fn build_image(version: TestVersion, options: &BuildOptions) -> Result<BuiltImage> {
     let binary = build_binary(version, options)?;
+    let tag = format!("{}:{}", options.repo, version);
+    let image_id = docker_build(&binary, "testapp", &dockerfile(version), &tag)?;
+    Ok(BuiltImage {
+        version,
+        tag,
+        image_id,
+    })
+}
+
+/// The local repository of the test hook image (`wharf/testhook:latest`).
+pub const HOOK_REPO: &str = "wharf/testhook";
+
+/// The Dockerfile of the test hook image: the static `wharf-testhook` binary as the
+/// entrypoint (its first argument picks its behaviour, see `testbed/testhook`).
+pub fn hook_dockerfile() -> String {
+    "FROM scratch\n\
+     COPY testhook /testhook\n\
+     LABEL org.opencontainers.image.title=\"wharf-testhook\" wharf.testbed=\"true\"\n\
+     ENTRYPOINT [\"/testhook\"]\n"
+        .to_owned()
+}
+
+/// Builds the test hook image (`wharf-testhook`, static, `FROM scratch`) into
+/// `wharf/testhook:latest`. Returns its tag and image id.
+pub fn build_hook_image(options: &BuildOptions) -> Result<(String, String)> {
+    let binary = build_static(
+        "wharf-testhook",
+        &options.target_dir.join("testhook"),
+        &[],
+        options,
+    )
+    .context("building the test hook")?;
+    let tag = format!("{HOOK_REPO}:latest");
+    let id = docker_build(&binary, "testhook", &hook_dockerfile(), &tag)?;
+    Ok((tag, id))
+}
+
+/// Builds an image tagged `tag` from `dockerfile`, with `binary` copied into the
+/// context as `name`. Returns the image id.
+fn docker_build(binary: &Path, name: &str, dockerfile: &str, tag: &str) -> Result<String> {
     let work = tempfile::Builder::new()
-        .prefix("wharf-testapp-build-")
+        .prefix("wharf-image-build-")
         .tempdir()
         .context("cannot create a temporary build directory")?;
     let context_dir = work.path().join("context");
     std::fs::create_dir(&context_dir)?;
-    let app = context_dir.join("testapp");
-    std::fs::copy(&binary, &app)
+    let app = context_dir.join(name);
+    std::fs::copy(binary, &app)
         .with_context(|| format!("cannot copy {} into the build context", binary.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755))?;
     }
-    std::fs::write(context_dir.join("Dockerfile"), dockerfile(version))?;
+    std::fs::write(context_dir.join("Dockerfile"), dockerfile)?;
     let iidfile = work.path().join("image-id");
-    let tag = format!("{}:{}", options.repo, version);
     let previous =
-        docker::inspect_image(&tag)?.and_then(|image| image["Id"].as_str().map(str::to_string));
+        docker::inspect_image(tag)?.and_then(|image| image["Id"].as_str().map(str::to_string));
     // The classic builder: the engine here has no BuildKit frontend available
     // to the CLI (no buildx plugin), and it builds FROM scratch images just as well.
     docker::run(
         docker::command(None)
             .env("DOCKER_BUILDKIT", "0")
-            .args(["build", "--quiet", "--tag", &tag, "--iidfile"])
+            .args(["build", "--quiet", "--tag", tag, "--iidfile"])
             .arg(&iidfile)
             .arg(&context_dir),
     )
@@ -231,16 +285,12 @@ pub fn build_image(version: TestVersion, options: &BuildOptions) -> Result<Built
     if !image_id.starts_with("sha256:") {
         bail!("docker build wrote an odd image id {image_id:?}");
     }
-    // A changed test app leaves the image the tag pointed to untagged: remove it
+    // A changed binary leaves the image the tag pointed to untagged: remove it
     // (a no-op when something else still references it).
     if let Some(previous) = previous.filter(|id| *id != image_id) {
         let _ = docker::output(docker::command(None).args(["rmi", &previous]));
     }
-    Ok(BuiltImage {
-        version,
-        tag,
-        image_id,
-    })
+    Ok(image_id)
 }
 
 /// Builds every [`TestVersion`], in [`TestVersion::ALL`] order.
