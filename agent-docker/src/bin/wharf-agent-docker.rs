@@ -4,6 +4,7 @@
 //! wharf-agent-docker --core HOST:7443 --state-dir DIR [--token T --ca-hash sha256:HEX]
 //!                    [--name N] [--docker-host URL] [--transport auto|quic|poll]
 //!                    [--quic-fallback-after 3s] [--quic-retry-every 60s]
+//!                    [--allow-host-hooks]
 //! ```
 //!
 //! Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 2 invalid input, 3 core refused
@@ -49,8 +50,10 @@ fn run() -> anyhow::Result<()> {
         let docker = BollardDocker::connect(cli.agent.docker_host.as_deref())
             .await
             .context("cannot reach the Docker engine (is it running, and may this user use its socket?)")?;
+        let hooks = wharf_hooks::Hooks::new(docker.client().clone(), cli.agent.allow_host_hooks);
         let executor =
-            DockerExecutor::new(docker, DockerExecutorConfig::new(&cli.agent.state_dir));
+            DockerExecutor::new(docker, DockerExecutorConfig::new(&cli.agent.state_dir))
+                .with_hooks(std::sync::Arc::new(hooks));
         tracing::info!(core = %cli.agent.core, state_dir = %cli.agent.state_dir.display(), transport = config.transport.as_str(), "wharf-agent-docker starting");
         wharf_agent_docker::runtime::run(config, executor, shutdown_signal()).await?;
         tracing::info!("wharf-agent-docker stopped");

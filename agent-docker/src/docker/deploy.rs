@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use std::time::Instant as StdInstant;
 
 use tokio::time::Instant;
+use wharf_hooks::{HookInput, HookRequest, HookRunner, Phase};
 use wharf_protocol::seal::RegistryCredentials;
 use wharf_protocol::{
-    AgentTask, DeploySpec, Digest, ErrorType, ImageRef, TaskMetrics, TaskResult, Timestamp,
+    AgentTask, DeploySpec, Digest, ErrorType, HookSource, HookSpec, ImageRef, TaskMetrics,
+    TaskResult, Timestamp,
 };
 
 use super::api::{ContainerInfo, CreateSpec, DockerApi, DockerError};
@@ -105,17 +107,41 @@ pub(super) fn check_sticker(
     Ok(())
 }
 
-fn validate(task: &AgentTask, spec: &DeploySpec) -> Result<ImageRef, StepError> {
+/// Checks the task's hooks before anything changes: refused without a hook runner, or
+/// when the runner refuses one (host command without `--allow-host-hooks`, unpinned image).
+pub(super) fn check_hooks(
+    hooks: Option<&dyn HookRunner>,
+    pre: Option<&HookSpec>,
+    post: Option<&HookSpec>,
+) -> Result<(), StepError> {
+    for (phase, hook) in [(Phase::PreDeploy, pre), (Phase::PostDeploy, post)] {
+        let Some(hook) = hook else { continue };
+        let Some(runner) = hooks else {
+            return Err(StepError::new(
+                ErrorType::Unsupported,
+                "this executor has no hook runner, so it does not run pre- and post-deploy \
+                 hooks; remove --pre-hook/--post-hook from the deploy; nothing was changed",
+            ));
+        };
+        runner.check(hook).map_err(|e| {
+            StepError::new(
+                e.error_type(),
+                format!("the {} hook: {e}; nothing was changed", phase.as_str()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn validate(
+    task: &AgentTask,
+    spec: &DeploySpec,
+    hooks: Option<&dyn HookRunner>,
+) -> Result<ImageRef, StepError> {
     let image = spec.image_ref().map_err(|e| {
         StepError::new(ErrorType::InvalidInput, format!("{e}; nothing was changed"))
     })?;
-    if spec.pre_hook.is_some() || spec.post_hook.is_some() {
-        return Err(StepError::new(
-            ErrorType::Unsupported,
-            "pre- and post-deploy hooks are not supported by this agent yet; remove \
-             --pre-hook/--post-hook from the deploy; nothing was changed",
-        ));
-    }
+    check_hooks(hooks, spec.pre_hook.as_ref(), spec.post_hook.as_ref())?;
     if let Some(key) = spec
         .env
         .keys()
@@ -204,7 +230,7 @@ impl<D: DockerApi> DockerExecutor<D> {
         ctx: &TaskContext,
         started_at: Timestamp,
     ) -> TaskResult {
-        let image = match validate(task, spec) {
+        let image = match validate(task, spec, self.hooks.as_deref()) {
             Ok(image) => image,
             Err(e) => return failed(task, started_at, e.kind, e.message),
         };
@@ -246,8 +272,8 @@ impl<D: DockerApi> DockerExecutor<D> {
             ),
         );
         let options = Options {
-            pre_hook: false,
-            post_hook: false,
+            pre_hook: spec.pre_hook.is_some(),
+            post_hook: spec.post_hook.is_some(),
             sticker: spec.sticker.is_some(),
         };
         let journal = Journal {
@@ -262,6 +288,8 @@ impl<D: DockerApi> DockerExecutor<D> {
             stop: None,
             logs: Vec::new(),
             metrics: TaskMetrics::default(),
+            hook_outputs: BTreeMap::new(),
+            hook_logs: Vec::new(),
         };
         self.drive_deploy(task, journal, image, ctx).await
     }
@@ -418,10 +446,25 @@ impl<D: DockerApi> DockerExecutor<D> {
                 ctx.progress(step.as_str(), format!("pulling {pinned}"));
                 self.pull_verified(image, ctx).await
             }
-            Step::PreHook | Step::PostHook => Err(StepError::new(
-                ErrorType::Unsupported,
-                "hooks are not supported by this agent yet",
-            )),
+            Step::PreHook | Step::PostHook => {
+                let (phase, hook) = if step == Step::PreHook {
+                    (Phase::PreDeploy, spec.pre_hook.clone())
+                } else {
+                    (Phase::PostDeploy, spec.post_hook.clone())
+                };
+                let Some(hook) = hook else {
+                    return Ok(());
+                };
+                let input = HookInput {
+                    phase,
+                    target: name.to_owned(),
+                    release: spec.release.clone(),
+                    image: pinned.clone(),
+                    digest: image.digest().to_string(),
+                    previous: journal.previous_digest.clone(),
+                };
+                self.run_hook(&hook, &input, ctx, journal).await
+            }
             Step::StopCurrent => {
                 ctx.progress(
                     step.as_str(),
@@ -575,6 +618,83 @@ impl<D: DockerApi> DockerExecutor<D> {
                     .await
                     .map_err(|e| docker_step_error(step, ErrorType::Docker, &e))
             }
+        }
+    }
+
+    /// Runs one hook (under its own timeout; a cancel by core stops it), recording its
+    /// message, duration and outputs (and, on failure, its last lines) in the journal.
+    pub(super) async fn run_hook(
+        &self,
+        hook: &HookSpec,
+        input: &HookInput,
+        ctx: &TaskContext,
+        journal: &mut Journal,
+    ) -> Result<(), StepError> {
+        let Some(runner) = self.hooks.as_deref() else {
+            return Err(StepError::new(
+                ErrorType::Unsupported,
+                "this executor has no hook runner",
+            ));
+        };
+        let phase = input.phase;
+        let credentials = match &hook.source {
+            HookSource::Image(text) => ImageRef::parse(text)
+                .ok()
+                .and_then(|i| credentials_for(ctx, &i)),
+            HookSource::HostCommand(_) => None,
+        };
+        ctx.progress(
+            phase.as_str(),
+            format!(
+                "running the {} hook (timeout {})",
+                phase.as_str(),
+                hook.timeout
+            ),
+        );
+        let began = StdInstant::now();
+        let request = HookRequest {
+            spec: hook,
+            input,
+            credentials,
+        };
+        let outcome = tokio::select! {
+            r = runner.run(request) => r,
+            () = ctx.cancelled() => {
+                journal.stop.get_or_insert(StopReason::Cancelled);
+                return Err(StepError::new(ErrorType::Cancelled, "cancelled by core during the hook"));
+            }
+        };
+        let (ok, message, outputs, logs) = match &outcome {
+            Ok(r) => (true, r.message.clone(), r.outputs.clone(), Vec::new()),
+            Err(e) => {
+                let outputs = match e {
+                    wharf_hooks::HookError::Failed { outputs, .. } => outputs.clone(),
+                    _ => BTreeMap::new(),
+                };
+                (false, e.to_string(), outputs, e.logs().to_vec())
+            }
+        };
+        let duration = outcome
+            .as_ref()
+            .map(|r| r.duration)
+            .unwrap_or_else(|_| began.elapsed());
+        journal
+            .hook_outputs
+            .extend(wharf_hooks::contract::result_outputs(
+                phase, ok, &message, duration, &outputs,
+            ));
+        journal
+            .hook_logs
+            .extend(logs.iter().map(|l| format!("{}: {l}", phase.as_str())));
+        match outcome {
+            Ok(_) => {
+                ctx.progress(phase.as_str(), format!("the hook passed: {message}"));
+                Ok(())
+            }
+            Err(e) => Err(StepError::new(
+                e.error_type(),
+                format!("the {} hook failed: {e}", phase.as_str()),
+            )),
         }
     }
 
@@ -754,6 +874,8 @@ impl<D: DockerApi> DockerExecutor<D> {
         if !ending.is_success() && !journal.logs.is_empty() {
             result.logs = journal.logs.clone();
         }
+        result.logs.extend(journal.hook_logs.iter().cloned());
+        outputs.extend(journal.hook_outputs.clone());
         result.outputs = outputs;
         result.metrics = journal.metrics;
         result

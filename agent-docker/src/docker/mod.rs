@@ -25,7 +25,9 @@ mod simple;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -102,6 +104,7 @@ pub struct DockerExecutor<D> {
     docker: D,
     config: DockerExecutorConfig,
     http: reqwest::Client,
+    hooks: Option<Arc<dyn wharf_hooks::HookRunner>>,
 }
 
 impl<D: DockerApi> DockerExecutor<D> {
@@ -114,7 +117,15 @@ impl<D: DockerApi> DockerExecutor<D> {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
+            hooks: None,
         }
+    }
+
+    /// The same executor running pre- and post-deploy hooks with `hooks` (without one,
+    /// a deploy with a hook is refused before anything changes).
+    pub fn with_hooks(mut self, hooks: Arc<dyn wharf_hooks::HookRunner>) -> Self {
+        self.hooks = Some(hooks);
+        self
     }
 
     /// The Docker client.
@@ -157,6 +168,12 @@ struct Journal {
     logs: Vec<String>,
     /// Step timings so far.
     metrics: TaskMetrics,
+    /// The hooks' result outputs (`pre_hook.message`, ...), for the task result.
+    #[serde(default)]
+    hook_outputs: BTreeMap<String, String>,
+    /// The hooks' last output lines, prefixed with the phase.
+    #[serde(default)]
+    hook_logs: Vec<String>,
 }
 
 const JOURNAL_VERSION: u32 = 1;
@@ -237,7 +254,14 @@ fn failed(
 
 impl<D: DockerApi> Executor for DockerExecutor<D> {
     fn capabilities(&self) -> Vec<String> {
-        vec![capability::DOCKER.to_owned()]
+        let mut caps = vec![capability::DOCKER.to_owned()];
+        if let Some(hooks) = &self.hooks {
+            caps.push(capability::HOOKS.to_owned());
+            if hooks.allows_host_hooks() {
+                caps.push(capability::HOST_HOOKS.to_owned());
+            }
+        }
+        caps
     }
 
     async fn execute(&self, task: AgentTask, ctx: TaskContext) -> TaskResult {

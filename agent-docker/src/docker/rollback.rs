@@ -575,6 +575,8 @@ impl<D: DockerApi> DockerExecutor<D> {
             stop: None,
             logs: Vec::new(),
             metrics: TaskMetrics::default(),
+            hook_outputs: BTreeMap::new(),
+            hook_logs: Vec::new(),
         };
         self.drive_swap(task, journal, ctx).await
     }

@@ -77,6 +77,11 @@ pub struct AgentArgs {
     /// With `--transport auto`: how often a polling agent tries QUIC again.
     #[arg(long, env = "WHARF_QUIC_RETRY_EVERY", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub quic_retry_every: std::time::Duration,
+    /// Run host-command hooks (`HookSource::HostCommand`): programs on this host with the
+    /// agent's rights, not sandboxed. Without it such tasks are refused before anything
+    /// changes; container hooks run either way.
+    #[arg(long, env = "WHARF_ALLOW_HOST_HOOKS")]
+    pub allow_host_hooks: bool,
 }
 
 /// `--transport`.

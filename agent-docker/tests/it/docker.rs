@@ -263,9 +263,10 @@ async fn scene() -> Scene {
     let docker = BollardDocker::connect(None).await.expect("docker");
     let mut config = DockerExecutorConfig::new(dir.path());
     config.stop_grace = Duration::from_secs(2);
+    let hooks = wharf_hooks::Hooks::new(docker.client().clone(), false);
     Scene {
         bed,
-        exec: DockerExecutor::new(docker, config),
+        exec: DockerExecutor::new(docker, config).with_hooks(Arc::new(hooks)),
         dir,
         key: SigningKey::generate().unwrap().0,
     }
@@ -538,9 +539,124 @@ async fn refused_and_failed_pulls_change_nothing() {
         spec.pre_hook = Some(HookSpec::host_command(vec!["/bin/true".into()]));
     }
     let (r, _) = run(&exec, t, Some(creds(&bed, PASSWORD))).await;
-    assert_eq!(r.error_type, Some(ErrorType::Unsupported), "{:?}", r.error);
-    assert!(r.error.as_deref().unwrap().contains("hooks"));
-    unchanged("hook");
+    assert_eq!(r.error_type, Some(ErrorType::InvalidInput), "{:?}", r.error);
+    assert!(
+        r.error.as_deref().unwrap().contains("--allow-host-hooks"),
+        "{:?}",
+        r.error
+    );
+    unchanged("host hook without --allow-host-hooks");
+}
+
+fn test_hook(bed: &Testbed, args: &[&str]) -> HookSpec {
+    let mut h = HookSpec::image(bed.hook_image().to_string());
+    h.args = args.iter().map(|a| (*a).to_owned()).collect();
+    h.timeout = DurationMs::from_secs(30);
+    h
+}
+
+/// Hook containers Docker still has for `target`.
+fn hook_containers(target: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=wharf.hook.target={target}"))
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_gate_the_deploy() {
+    let Scene {
+        bed,
+        exec,
+        dir: _dir,
+        key,
+    } = scene().await;
+    assert!(exec.capabilities().contains(&"hooks".to_owned()));
+    assert!(!exec.capabilities().contains(&"host-hooks".to_owned()));
+    let v1 = bed.image(TestVersion::V1).clone();
+    let v2 = bed.image(TestVersion::V2).clone();
+    let (name, _g) = fresh_v1(&exec, &bed, &key, &v1).await;
+    let before = inspect(&name)["Id"].clone();
+    let with_hooks = |pre: Option<HookSpec>, post: Option<HookSpec>| {
+        let mut t = deploy_task(&key, &name, &v2, Some(&v1), http_health());
+        if let TaskPayload::Deploy(spec) = &mut t.payload {
+            spec.pre_hook = pre;
+            spec.post_hook = post;
+        }
+        t
+    };
+
+    // A failing pre-deploy hook: nothing changes.
+    let mut fail = test_hook(&bed, &["fail"]);
+    fail.env
+        .insert("TESTHOOK_MESSAGE".into(), "migration 42 missing".into());
+    let (r, _) = run(
+        &exec,
+        with_hooks(Some(fail.clone()), None),
+        Some(creds(&bed, PASSWORD)),
+    )
+    .await;
+    assert!(!r.success && !r.rolled_back, "{:?}", r.error);
+    assert_eq!(r.error_type, Some(ErrorType::HookFailed), "{:?}", r.error);
+    let error = r.error.clone().unwrap();
+    assert!(
+        error.contains("migration 42 missing") && error.contains("nothing was changed"),
+        "{error}"
+    );
+    assert_eq!(r.outputs["pre_hook.ok"], "false");
+    assert!(r.outputs["pre_hook.message"].contains("migration 42 missing"));
+    assert!(r.outputs.contains_key("pre_hook.duration_ms"));
+    assert!(
+        r.logs
+            .iter()
+            .any(|l| l.starts_with("pre-deploy: testhook:")),
+        "{:?}",
+        r.logs
+    );
+    assert_eq!(
+        inspect(&name)["Id"],
+        before,
+        "pre-hook failure: same container"
+    );
+    assert!(running(&name));
+    assert!(inspect(&previous_name(&name)).is_null());
+
+    // A failing post-deploy hook: the previous version is restored.
+    let (r, _) = run(
+        &exec,
+        with_hooks(Some(test_hook(&bed, &["pass"])), Some(fail)),
+        Some(creds(&bed, PASSWORD)),
+    )
+    .await;
+    assert!(!r.success && r.rolled_back, "{:?}", r.error);
+    assert_eq!(r.error_type, Some(ErrorType::HookFailed), "{:?}", r.error);
+    assert_eq!(r.outputs["pre_hook.ok"], "true");
+    assert_eq!(r.outputs["pre_hook.output.phase"], "pre-deploy");
+    assert_eq!(r.outputs["post_hook.ok"], "false");
+    assert_eq!(image_of(&name), v1.to_string(), "v1 restored");
+    assert!(running(&name));
+    assert_eq!(version_of(&name).await.trim(), "v1");
+
+    // Both pass: v2 runs and the result carries the hooks' outputs.
+    let (r, _) = run(
+        &exec,
+        with_hooks(
+            Some(test_hook(&bed, &["pass"])),
+            Some(test_hook(&bed, &["pass"])),
+        ),
+        Some(creds(&bed, PASSWORD)),
+    )
+    .await;
+    assert_ok(&r);
+    assert_eq!(image_of(&name), v2.to_string());
+    assert_eq!(r.outputs["post_hook.output.phase"], "post-deploy");
+    assert_eq!(r.outputs["post_hook.output.target"], name);
+    assert_eq!(r.outputs["post_hook.output.digest"], v2.digest());
+    assert_eq!(r.outputs["post_hook.output.previous"], v1.digest());
+    assert_eq!(r.outputs["pre_hook.message"], "testhook pass ran");
+    assert!(hook_containers(&name).is_empty(), "hook containers left");
 }
 
 /// A fresh target running v1 (deployed with the registry's credentials), and its guards.
