@@ -7,9 +7,13 @@
 //!   release with `web` broken: failed, `rolled_back=true` with log lines, the whole v2
 //!   release back and answering; an unpinned lock and a `build:` lock refused by the CLI
 //!   with exit 2 and nothing queued; `wharf compose rollback --wait` to v1; `inspect` and
-//!   `sticker read` name what runs; the registry password is in no file and no log line.
+//!   `sticker read` name what runs; the registry password is in no file and no log line;
+//! - kill -9 of the agent during `up` (before it, with the Compose child running, and in
+//!   the restore's `up-previous`): no Compose child outlives the agent, and after the
+//!   restart the project runs on one whole release, the one the result reports.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wharf_testbed::cluster::{AgentOptions, Binaries, ComposeAgent, Core};
@@ -311,4 +315,141 @@ fn compose_deploy_upgrade_broken_restored_refusals_rollback_and_no_secret_anywhe
             ("agent", fleet.agent.process.output()),
         ],
     );
+}
+
+/// The ids of live processes whose command line names `dir` (a Compose tool run with
+/// `--project-directory dir`), zombies excluded.
+fn compose_processes(dir: &Path) -> Vec<u32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    rest.split_whitespace().next().map(|st| st != "Z")
+                })
+                .unwrap_or(false);
+            alive
+                && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    c.windows(needle.len()).any(|w| w == needle)
+                        && c.windows(7).any(|w| w == b"compose")
+                })
+        })
+        .collect()
+}
+
+/// Polls `check` every 100 ms until it passes or `timeout` ends (its last error).
+fn eventually(
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// kill -9 of the Compose agent during `up`: paused before the step (`up`), with the
+/// `docker-compose up` child running (`up-running`: the child dies with the agent, none
+/// runs alongside the restarted agent), and during the restore's `up-previous`. After the
+/// restart the project runs entirely on one release, healthy and answering, and the
+/// reported result matches it.
+#[test]
+fn kill9_of_the_compose_agent_during_up_ends_on_one_whole_release() {
+    let mut fleet = ComposeFleet::start("compose-crash", &[]);
+    let mut failures = Vec::new();
+    for (step, version) in [
+        ("up", TestVersion::V2),
+        ("up-running", TestVersion::V2),
+        ("up-previous", TestVersion::Broken),
+    ] {
+        if let Err(e) = crash_during_up(&mut fleet, step, version) {
+            eprintln!("kill -9 at {step} ({version}) FAILED: {e}");
+            failures.push(format!("kill -9 at {step} ({version}): {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn crash_during_up(
+    fleet: &mut ComposeFleet,
+    step: &str,
+    version: TestVersion,
+) -> Result<(), String> {
+    let project = format!("crash{}", wharf_testbed::unique_suffix());
+    let _cleanup = ProjectGuard(project.clone());
+    let dir = fleet.deploy_root().join(&project);
+    let (code, t) = fleet.deploy(
+        &project,
+        &fleet.lock(TestVersion::V1, TestVersion::V1),
+        &["--wait"],
+    );
+    if code != Some(0) {
+        return Err(format!("setup deploy of v1 failed: {t}"));
+    }
+    let err = |e: anyhow::Error| format!("{e:#}");
+    fleet
+        .agent
+        .restart(&[("WHARF_FAULT_PAUSE_AT", step)])
+        .map_err(err)?;
+    fleet
+        .core
+        .wait_agent_state(&fleet.agent.name, "online", Duration::from_secs(60))
+        .map_err(err)?;
+    // A broken web with a fine api: the restore must bring the v1 pair back.
+    let lock = match version {
+        TestVersion::Broken => fleet.lock(TestVersion::V2, TestVersion::Broken),
+        v => fleet.lock(v, v),
+    };
+    let (code, task) = fleet.deploy(&project, &lock, &[]);
+    if code != Some(0) {
+        return Err(format!("submit failed: {task}"));
+    }
+    let id = task["id"].as_str().unwrap_or_default().to_string();
+    let marker = format!("WHARF_FAULT_PAUSED {step}");
+    fleet
+        .agent
+        .process
+        .wait_for_line(Duration::from_secs(120), |l| l.contains(&marker))
+        .map_err(err)?;
+    if step == "up-running" && compose_processes(&dir).is_empty() {
+        return Err("paused in `up` but no Compose process runs for the project".into());
+    }
+    fleet.agent.process.kill9();
+    // No Compose child of the killed agent outlives it.
+    eventually(Duration::from_secs(10), || match compose_processes(&dir) {
+        none if none.is_empty() => Ok(()),
+        pids => Err(format!(
+            "Compose processes outlived the killed agent: {pids:?}"
+        )),
+    })?;
+    fleet.agent.restart(&[]).map_err(err)?;
+    let (_, done) = fleet.wharf_json(&["task", "wait", &id]);
+    let state = done["state"].as_str().unwrap_or_default().to_string();
+    let expected = match state.as_str() {
+        "succeeded" if version == TestVersion::Broken => {
+            return Err(format!("broken reported as succeeded: {done}"))
+        }
+        "succeeded" => version,
+        "failed" => TestVersion::V1,
+        _ => return Err(format!("task did not finish: {done}")),
+    };
+    eventually(Duration::from_secs(30), || {
+        fleet.runs_release(&project, expected)
+    })
+    .map_err(|e| format!("task {state}, but: {e}; result: {}", done["result"]))?;
+    if !compose_processes(&dir).is_empty() {
+        return Err("a Compose process still runs after the task ended".into());
+    }
+    Ok(())
 }
