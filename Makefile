@@ -31,6 +31,7 @@ bench:
 	$(CARGO) bench --locked -p wharf-core --bench store_commit
 	$(CARGO) bench --locked -p wharf-testbed --bench core_dispatch
 	$(CARGO) bench --locked -p wharf-testbed --bench docker_swap
+	$(CARGO) bench --locked -p wharf-testbed --bench compose_deploy
 
 ## fuzz: the protocol fuzz targets (needs cargo-fuzz and a nightly toolchain).
 fuzz:

@@ -581,6 +581,26 @@ impl<H: ComposeHost> ComposeExecutor<H> {
 
     async fn drive(&self, task: &AgentTask, mut journal: Journal, ctx: &TaskContext) -> TaskResult {
         let deadline = Self::task_deadline(task, journal.started_at);
+        // A Compose process of a killed agent run must not work alongside this one.
+        match self
+            .host
+            .stop_leftovers(self.project(&task.target).path())
+            .await
+        {
+            Ok(pids) if !pids.is_empty() => ctx.progress(
+                "leftovers",
+                format!("stopped Compose processes of an earlier agent run: {pids:?}"),
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                return failed(
+                    task,
+                    journal.started_at,
+                    ErrorType::Internal,
+                    format!("{e}; the task stopped before its next step; inspect the project (`wharf inspect`)"),
+                )
+            }
+        }
         loop {
             if journal.check_stop(ctx, deadline) {
                 journal.plan.stop();

@@ -5,14 +5,24 @@
 //! [`CliHost`] runs the Compose tool as a child process (killed when its future is
 //! dropped) and reads containers through the Engine API (bollard), finding a project's
 //! containers by the Compose labels `com.docker.compose.project` / `.service`.
+//!
+//! A Compose child must not outlive a killed agent and run alongside the restarted
+//! agent's own `up`. Two guards, no unsafe code:
+//! - the child runs under `setpriv --pdeathsig KILL` (util-linux) when `setpriv` is on
+//!   `PATH`: the kernel kills it when the agent dies, even by kill -9;
+//! - every child carries [`PROJECT_DIR_ENV`] naming its project directory, and before a
+//!   deploy or rollback takes (or resumes) its steps, [`stop_leftovers`] finds any such
+//!   process still running (in `/proc`), kills it and waits until it is gone.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use std::time::{Duration, Instant};
+
 use tokio::io::AsyncReadExt;
-use wharf_agent_docker::docker::{BollardDocker, ContainerHealth, DockerApi};
+use wharf_agent_docker::docker::{fault, BollardDocker, ContainerHealth, DockerApi};
 
 /// Compose's label naming a container's project.
 pub const LABEL_PROJECT: &str = "com.docker.compose.project";
@@ -20,6 +30,13 @@ pub const LABEL_PROJECT: &str = "com.docker.compose.project";
 pub const LABEL_SERVICE: &str = "com.docker.compose.service";
 /// Compose's label on one-off (`run`) containers.
 pub const LABEL_ONEOFF: &str = "com.docker.compose.oneoff";
+
+/// The environment variable every Compose child gets: its project directory (see
+/// [`stop_leftovers`]).
+pub const PROJECT_DIR_ENV: &str = "WHARF_COMPOSE_PROJECT_DIR";
+
+/// How long [`stop_leftovers`] waits for a killed leftover process to be gone.
+pub const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Most bytes of a Compose command's output kept (the tail goes into errors).
 const MAX_OUTPUT_BYTES: usize = 64 * 1024;
@@ -54,6 +71,19 @@ pub enum HostError {
     /// The Docker engine failed.
     #[error("Docker engine: {0}")]
     Docker(String),
+    /// A Compose process of an earlier agent run still works on the project.
+    #[error(
+        "a Compose process of an earlier agent run (pid {pid}) still works on {dir} after \
+         SIGKILL: {reason}; stop it (kill -9 {pid}) and retry the task"
+    )]
+    Leftover {
+        /// Its process id.
+        pid: u32,
+        /// The project directory.
+        dir: String,
+        /// Why it could not be stopped.
+        reason: String,
+    },
 }
 
 /// Which Compose tool runs the projects.
@@ -220,6 +250,14 @@ pub trait ComposeHost: Send + Sync + 'static {
         container: &str,
         lines: usize,
     ) -> impl Future<Output = Result<Vec<String>, HostError>> + Send;
+
+    /// Stops every Compose process still working on the project directory `dir` (left
+    /// by an agent that was killed while it ran) and waits until they are gone; returns
+    /// their process ids.
+    fn stop_leftovers(
+        &self,
+        dir: &Path,
+    ) -> impl Future<Output = Result<Vec<u32>, HostError>> + Send;
 }
 
 /// The real host: the Compose tool as a child process, the engine through bollard.
@@ -227,12 +265,23 @@ pub trait ComposeHost: Send + Sync + 'static {
 pub struct CliHost {
     tool: ComposeTool,
     docker: BollardDocker,
+    setpriv: Option<PathBuf>,
 }
 
 impl CliHost {
-    /// A host over `tool` (see [`ComposeTool::detect`]) and the engine `docker`.
+    /// A host over `tool` (see [`ComposeTool::detect`]) and the engine `docker`; Compose
+    /// runs under `setpriv --pdeathsig KILL` when `setpriv` is on `PATH`.
     pub fn new(tool: ComposeTool, docker: BollardDocker) -> Self {
-        CliHost { tool, docker }
+        CliHost {
+            tool,
+            docker,
+            setpriv: find_on_path("setpriv"),
+        }
+    }
+
+    /// Whether Compose children die with the agent (`setpriv --pdeathsig KILL`).
+    pub fn children_die_with_agent(&self) -> bool {
+        self.setpriv.is_some()
     }
 
     async fn compose(
@@ -242,7 +291,14 @@ impl CliHost {
         docker_config: Option<&Path>,
     ) -> Result<(), HostError> {
         let (program, prefix) = self.tool.program();
-        let mut cmd = tokio::process::Command::new(program);
+        let mut cmd = match &self.setpriv {
+            Some(setpriv) => {
+                let mut cmd = tokio::process::Command::new(setpriv);
+                cmd.args(["--pdeathsig", "KILL", "--", program]);
+                cmd
+            }
+            None => tokio::process::Command::new(program),
+        };
         cmd.args(prefix)
             .arg("--project-name")
             .arg(&files.project)
@@ -259,7 +315,8 @@ impl CliHost {
             .kill_on_drop(true)
             // Compose must not read the caller's project settings.
             .env_remove("COMPOSE_FILE")
-            .env_remove("COMPOSE_PROJECT_NAME");
+            .env_remove("COMPOSE_PROJECT_NAME")
+            .env(PROJECT_DIR_ENV, &files.dir);
         if let Some(dir) = docker_config {
             cmd.env("DOCKER_CONFIG", dir);
         }
@@ -268,6 +325,10 @@ impl CliHost {
             command: command.clone(),
             reason: e.to_string(),
         })?;
+        // Test builds: `WHARF_FAULT_PAUSE_AT=up-running` pauses here, the child running.
+        if let Some(sub) = args.first() {
+            fault::pause_at(&format!("{sub}-running")).await;
+        }
         let out = child.stdout.take();
         let err = child.stderr.take();
         let (stdout, stderr, status) =
@@ -309,6 +370,87 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> String {
         }
     }
     String::from_utf8_lossy(&kept).into_owned()
+}
+
+/// The first executable file named `name` in a directory of `PATH`.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The ids of the live processes (zombies excluded) whose environment has
+/// `PROJECT_DIR_ENV=dir`, this process excepted. Processes whose environment cannot be
+/// read (another user's, gone meanwhile) are skipped.
+pub fn leftover_processes(dir: &Path) -> Vec<u32> {
+    let mut marker = format!("{PROJECT_DIR_ENV}=").into_bytes();
+    marker.extend_from_slice(dir.as_os_str().as_encoded_bytes());
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<u32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me && is_alive(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_slice()))
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// Whether `pid` exists and is not a zombie (`/proc/PID/stat`'s state after the `)`).
+fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// Kills (SIGKILL) every [`leftover_processes`] of `dir` and waits up to `timeout` until
+/// none is alive; returns the ids it killed.
+///
+/// # Errors
+///
+/// [`HostError::Leftover`] when one cannot be killed or is still alive at `timeout`.
+pub async fn stop_leftovers(dir: &Path, timeout: Duration) -> Result<Vec<u32>, HostError> {
+    let owned = dir.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || leftover_processes(&owned))
+        .await
+        .unwrap_or_default();
+    let leftover = |pid: u32, reason: String| HostError::Leftover {
+        pid,
+        dir: dir.display().to_string(),
+        reason,
+    };
+    for pid in &found {
+        let Some(raw) = i32::try_from(*pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        match rustix::process::kill_process(raw, rustix::process::Signal::KILL) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => return Err(leftover(*pid, format!("cannot kill it: {e}"))),
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    for pid in &found {
+        while is_alive(*pid) {
+            if Instant::now() >= deadline {
+                return Err(leftover(*pid, format!("still alive after {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(found)
 }
 
 fn docker_error(e: impl std::fmt::Display) -> HostError {
@@ -424,6 +566,10 @@ impl ComposeHost for CliHost {
             .logs_tail(container, lines)
             .await
             .map_err(docker_error)
+    }
+
+    async fn stop_leftovers(&self, dir: &Path) -> Result<Vec<u32>, HostError> {
+        stop_leftovers(dir, LEFTOVER_TIMEOUT).await
     }
 }
 

@@ -1,6 +1,6 @@
 //! A Wharf cluster on this machine, made of the real programs: `wharf-core serve`, one or
-//! more `wharf-agent-docker` processes, and the `wharf` CLI to drive them. Used by the
-//! end-to-end tests, the demo and the Docker swap benchmark.
+//! more `wharf-agent-docker` / `wharf-agent-compose` processes, and the `wharf` CLI to
+//! drive them. Used by the end-to-end tests, the demo and the benchmarks.
 //!
 //! Everything is a child process with its own data/state directory under a temporary
 //! directory; processes are killed (SIGKILL) and directories removed on drop. Blocking
@@ -29,6 +29,8 @@ pub struct Binaries {
     pub core: PathBuf,
     /// `wharf-agent-docker`.
     pub agent_docker: PathBuf,
+    /// `wharf-agent-compose`.
+    pub agent_compose: PathBuf,
     /// `wharf`.
     pub cli: PathBuf,
 }
@@ -39,6 +41,7 @@ impl Binaries {
         Binaries {
             core: dir.join("wharf-core"),
             agent_docker: dir.join("wharf-agent-docker"),
+            agent_compose: dir.join("wharf-agent-compose"),
             cli: dir.join("wharf"),
         }
     }
@@ -59,7 +62,7 @@ impl Binaries {
     }
 }
 
-/// `cargo build` of the three programs; returns where cargo put them.
+/// `cargo build` of the four programs; returns where cargo put them.
 fn build() -> Result<Binaries> {
     // A benchmark (optimised build of this crate) measures optimised programs; tests
     // (debug builds) get the agent's fault-injection points, as `cargo test` builds it.
@@ -71,13 +74,15 @@ fn build() -> Result<Binaries> {
     };
     let mut core_args = vec!["-p", "wharf-core", "--bin", "wharf-core", "--bin", "wharf"];
     core_args.extend(profile);
-    let mut agent_args = vec!["-p", "wharf-agent-docker", "--bin", "wharf-agent-docker"];
-    agent_args.extend(profile);
-    if cfg!(debug_assertions) {
-        agent_args.extend(["--features", "fault-injection"]);
-    }
     let mut found = crate::core::cargo_build_all(&core_args)?;
-    found.extend(crate::core::cargo_build_all(&agent_args)?);
+    for agent in ["wharf-agent-docker", "wharf-agent-compose"] {
+        let mut agent_args = vec!["-p", agent, "--bin", agent];
+        agent_args.extend(profile);
+        if cfg!(debug_assertions) {
+            agent_args.extend(["--features", "fault-injection"]);
+        }
+        found.extend(crate::core::cargo_build_all(&agent_args)?);
+    }
     let take = |name: &str| {
         found
             .get(name)
@@ -87,6 +92,7 @@ fn build() -> Result<Binaries> {
     Ok(Binaries {
         core: take("wharf-core")?,
         agent_docker: take("wharf-agent-docker")?,
+        agent_compose: take("wharf-agent-compose")?,
         cli: take("wharf")?,
     })
 }
@@ -324,6 +330,34 @@ impl Core {
             .with_context(|| format!("`wharf {}` printed no JSON", all.join(" ")))
     }
 
+    /// `wharf registry login HOST --username USER --password-stdin`, the password
+    /// written to its stdin (never an argument); requires exit 0.
+    pub fn registry_login(&self, host: &str, username: &str, password: &str) -> Result<()> {
+        use std::io::Write;
+        let mut login = self.cli()?;
+        login
+            .args(["registry", "login", host, "--username", username])
+            .arg("--password-stdin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = login.spawn().context("cannot run wharf registry login")?;
+        child
+            .stdin
+            .take()
+            .context("no stdin for wharf registry login")?
+            .write_all(password.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "wharf registry login {host} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// An agent's entry in `wharf agent list`, if it is there.
     pub fn agent_entry(&self, name: &str) -> Result<Option<Value>> {
         let list = self.wharf_json(&["agent", "list"])?;
@@ -417,6 +451,17 @@ impl AgentLaunch {
     }
 }
 
+impl AgentLaunch {
+    /// kill -9 of `process`, then a start from the state dir with `env` as the extra
+    /// environment.
+    fn restart(&mut self, process: &mut Process, env: &[(&str, &str)]) -> Result<()> {
+        process.kill9();
+        self.extra_env = owned_env(env);
+        *process = self.spawn(None)?;
+        Ok(())
+    }
+}
+
 fn owned_env(env: &[(&str, &str)]) -> Vec<(String, String)> {
     env.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -453,13 +498,6 @@ impl DockerAgent {
         state_dir: &Path,
         options: &AgentOptions,
     ) -> Result<DockerAgent> {
-        let grant = core.wharf_json(&["agent", "token", "create", "--name", name])?;
-        let token = grant["token"]
-            .as_str()
-            .context("token create printed no token")?;
-        let ca_hash = grant["ca_hash"]
-            .as_str()
-            .context("token create printed no ca_hash")?;
         let launch = AgentLaunch {
             name: name.to_string(),
             state_dir: state_dir.to_path_buf(),
@@ -469,8 +507,7 @@ impl DockerAgent {
             extra_args: options.args.clone(),
             wrapper: options.wrapper.clone(),
         };
-        let process = launch.spawn(Some((token, ca_hash)))?;
-        core.wait_agent_state(name, "online", START_TIMEOUT)?;
+        let process = enroll_and_spawn(core, &launch)?;
         Ok(DockerAgent {
             process,
             name: name.to_string(),
@@ -481,16 +518,92 @@ impl DockerAgent {
     /// Starts the agent again (after a kill) from its state dir, with `env` replacing the
     /// extra environment given at the first start.
     pub fn restart(&mut self, env: &[(&str, &str)]) -> Result<()> {
-        self.process.kill9();
-        self.launch.extra_env = owned_env(env);
-        self.process = self.launch.spawn(None)?;
-        Ok(())
+        self.launch.restart(&mut self.process, env)
     }
 
     /// The agent's state dir.
     pub fn state_dir(&self) -> &Path {
         &self.launch.state_dir
     }
+}
+
+/// A running `wharf-agent-compose` with its own state dir and deploy root.
+#[derive(Debug)]
+pub struct ComposeAgent {
+    /// The process.
+    pub process: Process,
+    /// The agent's name.
+    pub name: String,
+    deploy_root: PathBuf,
+    launch: AgentLaunch,
+}
+
+impl ComposeAgent {
+    /// Creates an enrollment token on `core`, starts the agent with it (`--deploy-root
+    /// deploy_root`, `options` added) and waits until core lists it online.
+    pub fn enroll_and_start(
+        core: &Core,
+        name: &str,
+        state_dir: &Path,
+        deploy_root: &Path,
+        options: &AgentOptions,
+    ) -> Result<ComposeAgent> {
+        let mut args = vec!["--deploy-root".to_string(), path_arg(deploy_root)?];
+        args.extend(options.args.iter().cloned());
+        let launch = AgentLaunch {
+            name: name.to_string(),
+            state_dir: state_dir.to_path_buf(),
+            core_addr: core.addr(),
+            program: core.binaries.agent_compose.clone(),
+            extra_env: options.env.clone(),
+            extra_args: args,
+            wrapper: options.wrapper.clone(),
+        };
+        let process = enroll_and_spawn(core, &launch)?;
+        Ok(ComposeAgent {
+            process,
+            name: name.to_string(),
+            deploy_root: deploy_root.to_path_buf(),
+            launch,
+        })
+    }
+
+    /// kill -9, then starts the agent again from its state dir, with `env` replacing the
+    /// extra environment given at the first start.
+    pub fn restart(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        self.launch.restart(&mut self.process, env)
+    }
+
+    /// The agent's state dir.
+    pub fn state_dir(&self) -> &Path {
+        &self.launch.state_dir
+    }
+
+    /// The deploy root (`<deploy-root>/<project>/` per project).
+    pub fn deploy_root(&self) -> &Path {
+        &self.deploy_root
+    }
+}
+
+fn path_arg(path: &Path) -> Result<String> {
+    path.to_str()
+        .map(str::to_string)
+        .with_context(|| format!("{} is not UTF-8; use another directory", path.display()))
+}
+
+/// Creates an enrollment token for `launch.name`, starts the agent with it and waits until
+/// core lists it online.
+fn enroll_and_spawn(core: &Core, launch: &AgentLaunch) -> Result<Process> {
+    let grant = core.wharf_json(&["agent", "token", "create", "--name", &launch.name])?;
+    let token = grant["token"]
+        .as_str()
+        .context("token create printed no token")?;
+    let ca_hash = grant["ca_hash"]
+        .as_str()
+        .context("token create printed no ca_hash")?;
+    let process = launch.spawn(Some((token, ca_hash)))?;
+    core.wait_agent_state(&launch.name, "online", START_TIMEOUT)?;
+    Ok(process)
 }
 
 /// Removes inherited `WHARF_*` variables so a child sees only what the cluster sets.

@@ -13,6 +13,8 @@
 //!   integration tests of every crate, and [`core::cargo_build`] for test binaries.
 //! - [`fake_core`]: a scripted core (core's mTLS over QUIC, no core process) on which a
 //!   test plays core's part message by message.
+//! - [`compose`]: two-service Compose projects over the test images (lock, containers
+//!   by label, cleanup).
 //! - [`Testbed`]: the fixture most tests want: a registry with v1, v2 and broken
 //!   pushed to it, everything removed on drop.
 //!
@@ -31,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod compose;
 pub mod core;
 pub mod demo;
 pub mod docker;

@@ -2,7 +2,9 @@
 //!
 //! - [`compose`]: the Compose executor against the real Docker engine, the real Compose
 //!   tool (`docker compose` or `docker-compose`) and a local registry with htpasswd auth.
+//! - [`leftovers`]: Compose processes of a killed agent run found, killed, waited for.
 //! - [`support`]: project guards, locks over the testbed's images, HTTP checks.
 
 mod compose;
+mod leftovers;
 mod support;

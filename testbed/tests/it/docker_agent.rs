@@ -10,9 +10,8 @@
 //!   after a restart exactly one `<name>` runs, healthy and answering, at most one
 //!   `<name>-previous` is kept, and the reported result matches what runs.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -54,22 +53,8 @@ impl Fleet {
         let binaries = Binaries::get().expect("wharf programs");
         let dir = tempfile::tempdir().unwrap();
         let core = Core::start(&binaries, &dir.path().join("core")).expect("core");
-        let mut login = core.cli().unwrap();
-        login
-            .args(["registry", "login", &bed.registry().host()])
-            .args(["--username", "deployer", "--password-stdin"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = login.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(password.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "registry login: {out:?}");
+        core.registry_login(&bed.registry().host(), "deployer", &password)
+            .expect("registry login");
         let agent = DockerAgent::enroll_and_start_with_env(
             &core,
             &format!("{name}-{suffix}"),
@@ -96,18 +81,7 @@ impl Fleet {
 
     /// `wharf ARGS --output json`: exit code and the JSON document.
     fn wharf_json(&self, args: &[&str]) -> (Option<i32>, Value) {
-        let mut all = args.to_vec();
-        all.extend(["--output", "json"]);
-        let out = self.core.wharf(&all).unwrap();
-        let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "`wharf {}` printed no JSON ({e}): {}{}",
-                all.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (out.status.code(), doc)
+        wharf_json(&self.core, args)
     }
 
     fn deploy(
@@ -142,6 +116,22 @@ impl Fleet {
     }
 }
 
+/// `wharf ARGS --output json` on `core`: exit code and the JSON document.
+pub(crate) fn wharf_json(core: &Core, args: &[&str]) -> (Option<i32>, Value) {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let out = core.wharf(&all).unwrap();
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "`wharf {}` printed no JSON ({e}): {}{}",
+            all.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), doc)
+}
+
 /// What Docker shows for `name`: (running, the `wharf.digest` label, the image id).
 fn container(name: &str) -> Option<(bool, String, String)> {
     let c = docker::inspect_container(name).unwrap()?;
@@ -156,7 +146,7 @@ fn container(name: &str) -> Option<(bool, String, String)> {
 }
 
 /// `GET /version` on the published port.
-fn version_on(port: u16) -> Option<String> {
+pub(crate) fn version_on(port: u16) -> Option<String> {
     http::get(&format!("127.0.0.1:{port}"), "/version")
         .ok()
         .filter(|r| r.status == 200)
@@ -325,22 +315,28 @@ fn story(name: &str, agent_env: &[(&str, &str)], transport: &str) {
     );
 
     // The registry password is in no file of core or the agent, and in no log line.
+    assert_no_leak(
+        &fleet.password,
+        &[fleet.core.data_dir(), fleet.agent.state_dir()],
+        &[
+            ("core", fleet.core.process.output()),
+            ("agent", fleet.agent.process.output()),
+        ],
+    );
+}
+
+/// Fails if `secret` is in a file under one of `dirs` or in one of the named outputs.
+pub(crate) fn assert_no_leak(secret: &str, dirs: &[&Path], outputs: &[(&str, Vec<String>)]) {
     let mut leaks = Vec::new();
-    for dir in [fleet.core.data_dir(), fleet.agent.state_dir()] {
-        grep_tree(dir, fleet.password.as_bytes(), &mut leaks);
+    for dir in dirs {
+        grep_tree(dir, secret.as_bytes(), &mut leaks);
     }
-    for (who, lines) in [
-        ("core", fleet.core.process.output()),
-        ("agent", fleet.agent.process.output()),
-    ] {
-        if lines.iter().any(|l| l.contains(&fleet.password)) {
+    for (who, lines) in outputs {
+        if lines.iter().any(|l| l.contains(secret)) {
             leaks.push(format!("{who}'s output"));
         }
     }
-    assert!(
-        leaks.is_empty(),
-        "the registry password leaked into {leaks:?}"
-    );
+    assert!(leaks.is_empty(), "the secret leaked into {leaks:?}");
 }
 
 /// Every file under `dir` containing `needle` goes into `found`.

@@ -2,6 +2,7 @@
 //! Debian's `docker-registry` (one test binary; modules by area).
 
 mod cli;
+mod compose_agent;
 mod docker_agent;
 mod registry;
 mod simagent;
