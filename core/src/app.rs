@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
-use wharf_protocol::{AgentTask, ImageRef, SealedCredentials, TaskPayload};
+use wharf_protocol::{AgentTask, ImageRef, SealedCredentials};
 use wharf_sticker::{Keyring, SigningKey};
 
 use crate::audit::AuditLog;
@@ -200,20 +200,10 @@ impl AgentDirectory for DirectoryAdapter {
         &self,
         agent: &str,
         task: &AgentTask,
+        images: &[ImageRef],
     ) -> Result<Option<SealedCredentials>, String> {
-        let images = match &task.payload {
-            TaskPayload::Deploy(spec) => {
-                vec![ImageRef::parse(&spec.image).map_err(|e| e.to_string())?]
-            }
-            // One sealed login per task: the first service's registry that has one.
-            TaskPayload::ComposeDeploy(spec) => crate::engine::model::compose_images(spec)
-                .map_err(|e| e.to_string())?
-                .into_values()
-                .collect(),
-            _ => return Ok(None),
-        };
         let mut found = None;
-        for image in &images {
+        for image in images {
             if let Some(c) = self
                 .0
                 .credentials_for_image(image)

@@ -45,8 +45,8 @@ pub trait AgentDirectory: Send + Sync + 'static {
     /// Whether an agent of this name is enrolled and not revoked.
     fn agent_exists(&self, name: &str) -> bool;
 
-    /// Registry credentials for the task's image sealed to the agent, if core holds
-    /// credentials for that registry.
+    /// Registry credentials sealed to the agent for the first of `images` whose registry
+    /// core holds credentials for (one sealed login per task), if any.
     ///
     /// # Errors
     ///
@@ -55,6 +55,7 @@ pub trait AgentDirectory: Send + Sync + 'static {
         &self,
         agent: &str,
         task: &AgentTask,
+        images: &[ImageRef],
     ) -> Result<Option<SealedCredentials>, String>;
 }
 
@@ -655,6 +656,53 @@ fn history<'a>(state: &'a State, agent: &str, target: &str) -> Option<&'a Target
         .get(&(agent.to_string(), target.to_string()))
 }
 
+/// The images a task may pull, whose registries' credentials it needs: a deploy's image,
+/// a Compose lock's services, and for a rollback (which can pull what it goes back to)
+/// its sticker's components, else core's record of what ran on the target.
+fn credential_images(
+    state: &State,
+    agent: &str,
+    record: &TaskRecord,
+    payload: &TaskPayload,
+) -> Vec<ImageRef> {
+    let of_components = |components: &[wharf_sticker::Component]| {
+        components
+            .iter()
+            .filter_map(|c| ImageRef::parse(&format!("{}@{}", c.image, c.digest)).ok())
+            .collect::<Vec<_>>()
+    };
+    let recorded = || {
+        history(state, agent, &record.target)
+            .map(|h| {
+                let mut images = of_components(&h.current.components);
+                if let Some(previous) = &h.previous {
+                    images.extend(of_components(&previous.components));
+                }
+                images
+            })
+            .unwrap_or_default()
+    };
+    match payload {
+        TaskPayload::Deploy(spec) => ImageRef::parse(&spec.image).into_iter().collect(),
+        TaskPayload::ComposeDeploy(spec) => model::compose_images(spec)
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default(),
+        TaskPayload::Rollback(spec) => {
+            let from_sticker = spec
+                .sticker
+                .as_deref()
+                .and_then(|s| wharf_sticker::SignedSticker::parse(s.as_bytes()).ok())
+                .map(|s| of_components(&s.sticker.components))
+                .unwrap_or_default();
+            let mut images = from_sticker;
+            images.extend(recorded());
+            images
+        }
+        TaskPayload::ComposeRollback(_) => recorded(),
+        _ => Vec::new(),
+    }
+}
+
 /// What a successful deploy or rollback put on its target: the release and components of
 /// the sticker core signed for it (a deploy without one: its image).
 fn ran_of(id: TaskId, record: &TaskRecord, extras: &TaskExtras) -> Option<Ran> {
@@ -1205,7 +1253,11 @@ impl Actor {
                     expires_at: extras.expires_at,
                     attempt,
                 };
-                match self.directory.seal_credentials(agent.as_str(), &assign) {
+                let images = credential_images(state, agent.as_str(), record, &extras.payload);
+                match self
+                    .directory
+                    .seal_credentials(agent.as_str(), &assign, &images)
+                {
                     Ok(sealed) => assign.credentials = sealed,
                     Err(error) => {
                         tracing::warn!(%task, agent = agent.as_str(), %error, "cannot seal registry credentials; sending the task without them");

@@ -19,13 +19,27 @@ const IMAGE_V2: &str =
 #[derive(Default)]
 struct FakeDirectory {
     agents: Mutex<HashSet<String>>,
+    /// The images each dispatch asked credentials for, by task id.
+    asked: Mutex<Vec<(uuid::Uuid, Vec<String>)>>,
 }
 
 impl FakeDirectory {
     fn with(agents: &[&str]) -> Arc<Self> {
         Arc::new(FakeDirectory {
             agents: Mutex::new(agents.iter().map(|a| a.to_string()).collect()),
+            asked: Mutex::new(Vec::new()),
         })
+    }
+
+    fn asked_for(&self, task: uuid::Uuid) -> Vec<String> {
+        self.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == task)
+            .map(|(_, images)| images.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -36,8 +50,13 @@ impl AgentDirectory for FakeDirectory {
     fn seal_credentials(
         &self,
         _agent: &str,
-        _task: &AgentTask,
+        task: &AgentTask,
+        images: &[ImageRef],
     ) -> Result<Option<SealedCredentials>, String> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((task.id, images.iter().map(ImageRef::pinned).collect()));
         Ok(None)
     }
 }
@@ -761,4 +780,48 @@ async fn compose_deploy_carries_a_compose_sticker_per_service_and_a_bad_lock_is_
             Err(EngineError::Invalid(_))
         ));
     }
+}
+
+#[tokio::test]
+async fn rollbacks_ask_credentials_for_what_they_may_pull() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let keyring = Keyring::from(key.verifying_key().clone());
+    let directory = FakeDirectory::with(&["host-1"]);
+    let engine = Engine::start(
+        Arc::new(MemoryStore::new()),
+        directory.clone(),
+        Some(Arc::new(key)),
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let mut session = engine.open_session("host-1", "quic").await.unwrap();
+    run_ok(
+        &engine,
+        &mut session,
+        &keyring,
+        deploy("host-1", "web", IMAGE_V1, None),
+    )
+    .await;
+    run_ok(
+        &engine,
+        &mut session,
+        &keyring,
+        deploy("host-1", "web", IMAGE_V2, None),
+    )
+    .await;
+    // The deploy asked for its own image.
+    let (_, view) = engine
+        .submit(rollback("host-1", "web", None), "alice")
+        .await
+        .unwrap();
+    next_assign(&mut session).await;
+    // The rollback goes to v1 and may have to pull it: v1 first (its sticker), then what
+    // core recorded on the target.
+    let asked = directory.asked_for(view.id);
+    assert_eq!(
+        asked.first().map(String::as_str),
+        Some(IMAGE_V1),
+        "{asked:?}"
+    );
+    assert!(asked.iter().any(|i| i == IMAGE_V2), "{asked:?}");
 }
