@@ -412,6 +412,14 @@ fn report_latency(o: &LatencyOutcome, results: &mut Results) -> String {
         "submit -> Accepted p99, tasks sent in the first / last second",
         format!("{} / {}", ms(o.first_second.p99), ms(o.last_second.p99)),
     );
+    if o.confirmed > 0 {
+        // Only polling agents confirm `Accepted` in a later request (poll_dispatch).
+        results.add(
+            &scenario,
+            "submit -> accepted confirmed / confirming round trip, p99",
+            format!("{} / {}", ms(o.confirm.p99), ms(o.confirm_rtt.p99)),
+        );
+    }
     results.add(
         &scenario,
         "HTTP POST -> 201 p50 / p99 / max",
