@@ -18,7 +18,8 @@
 //! | variable | default | |
 //! |---|---|---|
 //! | `WHARF_BENCH_POLL_SCENARIOS` | `latency,fleet` | or names as arguments |
-//! | `WHARF_BENCH_POLL_RATE` | 200 | offered tasks/s of `latency` |
+//! | `WHARF_BENCH_POLL_RATE` | 200 | offered tasks/s of `latency` with N agents |
+//! | `WHARF_BENCH_POLL_RATE_ONE` | 8 | offered tasks/s of `latency` with 1 agent (a task costs two polls; core caps one agent at 20 polls/s) |
 //! | `WHARF_BENCH_LATENCY_SECS` | 10 | measured seconds per latency run (after 2 s of warm-up) |
 //! | `WHARF_BENCH_LATENCY_AGENTS` | 1000 | the many-agents latency run |
 //! | `WHARF_BENCH_FLEET_AGENTS` | 10000 | polling agents of `fleet` |
@@ -68,6 +69,7 @@ const PARALLEL_START: usize = 64;
 struct Config {
     scenarios: Vec<String>,
     rate: f64,
+    rate_one: f64,
     latency_secs: f64,
     latency_agents: usize,
     fleet_agents: usize,
@@ -118,6 +120,7 @@ impl Config {
         Ok(Config {
             scenarios,
             rate: env_num("WHARF_BENCH_POLL_RATE", 200.0)?,
+            rate_one: env_num("WHARF_BENCH_POLL_RATE_ONE", 8.0)?,
             latency_secs: env_num("WHARF_BENCH_LATENCY_SECS", 10.0)?,
             latency_agents: env_num("WHARF_BENCH_LATENCY_AGENTS", 1000)?,
             fleet_agents: env_num("WHARF_BENCH_FLEET_AGENTS", 10_000)?,
@@ -282,18 +285,24 @@ async fn latency_run(bin: &Path, config: &Config, n: usize, results: &mut Result
     let (enrolled, _) = enroll_all(&api, &core.addr(), &names, None).await?;
     let agents = start_all(&enrolled, &core.addr()).await?;
     let load_before = load_average();
+    let rate = if n == 1 { config.rate_one } else { config.rate };
     eprintln!(
-        "latency: {n} agent(s), {} tasks/s for {} s",
-        config.rate, config.latency_secs
+        "latency: {n} agent(s), {rate} tasks/s for {} s",
+        config.latency_secs
     );
+    let throttled_before = totals(&agents).polls_throttled;
     let pid = core.pid().context("wharf-core is not running")?;
-    let o = dispatch::latency(&api, &agents, config.rate, config.latency_secs, 2.0, 0, pid).await?;
+    let o = dispatch::latency(&api, &agents, rate, config.latency_secs, 2.0, 0, pid).await?;
     let scenario = format!(
-        "1. latency over long poll, {n} agent{}, {:.0} tasks/s",
+        "1. latency over long poll, {n} agent{}, {rate:.0} tasks/s",
         if n == 1 { "" } else { "s" },
-        config.rate
     );
     report_latency(&o, &scenario, results);
+    results.add(
+        &scenario,
+        "polls answered 429 (core's per-agent rate cap)",
+        (totals(&agents).polls_throttled - throttled_before).to_string(),
+    );
     results.add(
         &scenario,
         "load average (1/5/15 min) before / after",
@@ -508,6 +517,11 @@ async fn fleet_run(bin: &Path, config: &Config, results: &mut Results) -> Result
     )
     .await?;
     report_latency(&o, &scenario, results);
+    results.add(
+        &scenario,
+        "polls answered 429 over the whole run",
+        totals(&agents).polls_throttled.to_string(),
+    );
     results.add(
         &scenario,
         "load average (1/5/15 min) before idle / after tasks",
