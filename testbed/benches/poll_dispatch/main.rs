@@ -38,6 +38,8 @@ mod dispatch;
 #[path = "../core_dispatch/fleet.rs"]
 #[allow(dead_code)]
 mod fleet;
+#[path = "../core_dispatch/settings.rs"]
+mod settings;
 #[path = "../core_dispatch/stats.rs"]
 #[allow(dead_code)]
 mod stats;
@@ -45,7 +47,7 @@ mod stats;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tokio::sync::Semaphore;
@@ -57,6 +59,7 @@ use wharf_testbed::simagent::{
 use crate::core::{rss_of, CoreProcess, CpuMeter};
 use crate::dispatch::LatencyOutcome;
 use crate::fleet::{enroll_all, shutdown_all, totals};
+use crate::settings::env_num;
 use crate::stats::{mib, ms, secs, Results};
 
 const SCENARIOS: [&str; 2] = ["latency", "fleet"];
@@ -79,44 +82,10 @@ struct Config {
     fresh: bool,
 }
 
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a number")),
-        _ => Ok(default),
-    }
-}
-
 impl Config {
     fn from_env(workspace: &Path) -> Result<Config> {
-        let args: Vec<String> = std::env::args()
-            .skip(1)
-            .filter(|a| !a.starts_with('-'))
-            .collect();
-        let scenarios: Vec<String> = if !args.is_empty() {
-            args
-        } else {
-            match std::env::var("WHARF_BENCH_POLL_SCENARIOS") {
-                Ok(v) if !v.trim().is_empty() => {
-                    v.split(',').map(|s| s.trim().to_string()).collect()
-                }
-                _ => SCENARIOS.iter().map(|s| s.to_string()).collect(),
-            }
-        };
-        for s in &scenarios {
-            anyhow::ensure!(
-                SCENARIOS.contains(&s.as_str()),
-                "unknown scenario {s:?}: pick from {SCENARIOS:?}"
-            );
-        }
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace.join("target"));
-        let cache = std::env::var_os("WHARF_BENCH_POLL_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| target.join("bench").join("poll_dispatch"));
+        let scenarios = settings::scenarios("WHARF_BENCH_POLL_SCENARIOS", &SCENARIOS)?;
+        let cache = settings::cache_dir(workspace, "WHARF_BENCH_POLL_CACHE", "poll_dispatch");
         Ok(Config {
             scenarios,
             rate: env_num("WHARF_BENCH_POLL_RATE", 200.0)?,
@@ -151,45 +120,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("poll_dispatch: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut results = Results::default();
-    let outcome = runtime.block_on(run(&workspace, &config, &mut results));
-    println!();
-    println!("# poll_dispatch results");
-    println!();
-    println!(
-        "date {} | {} CPUs | benchmark build: {} | wharf-core: release build, durable sled \
-         store, long poll 25 s, 127.0.0.1",
-        humantime::format_rfc3339_seconds(SystemTime::now()),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release (bench profile)"
-        },
+    let about = format!(
+        "{} CPUs | wharf-core: release build, durable sled store, long poll 25 s, 127.0.0.1",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!();
-    print!("{}", results.table());
-    for note in &results.notes {
-        println!("- {note}");
-    }
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("poll_dispatch: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    settings::run_main("poll_dispatch", &about, async {
+        let mut results = Results::default();
+        let outcome = run(&workspace, &config, &mut results).await;
+        (results, outcome)
+    })
 }
 
 async fn run(workspace: &Path, config: &Config, results: &mut Results) -> Result<()> {

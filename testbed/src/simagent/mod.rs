@@ -30,6 +30,11 @@
 //!   ignore `Cancel`. Successful results carry plausible outputs: deploys are remembered
 //!   per target, so `inspect` reports the image and digest last deployed and
 //!   `read-sticker` the sticker last written (or fails `not-found`).
+//! - [`SimAgent::poll_with`]: the same agent over the polling transport
+//!   (docs/protocol.md §9): `POST /agent/v1/poll` over HTTPS with the client certificate,
+//!   long polls held by core, the polling `accepted` (confirmed by
+//!   [`SimEvent::AcceptConfirmed`]), results until `acked_results` lists them, `429`s
+//!   waited out ([`SimStats::polls_throttled`]); see [`PollOptions`].
 //! - Reconnection with jittered exponential backoff ([`Reconnect`]; off with
 //!   [`Reconnect::disabled`] to see a refusal as it is).
 //! - Observability for tests: [`SimAgentHandle::stats`] ([`SimStats`]: tasks received,
