@@ -27,9 +27,11 @@ demo:
 ## bench: benchmarks against the real peers; results go to docs/benchmarks.md.
 ## core_dispatch takes its sizes from WHARF_BENCH_* (see docs/benchmarks.md), e.g.
 ## `make bench WHARF_BENCH_MEMORY_AGENTS=1000 WHARF_BENCH_LATENCY_SECS=3` for a quick run.
+## poll_dispatch (the HTTPS long-poll transport) likewise, e.g. WHARF_BENCH_FLEET_AGENTS=1000.
 bench:
 	$(CARGO) bench --locked -p wharf-core --bench store_commit
 	$(CARGO) bench --locked -p wharf-testbed --bench core_dispatch
+	$(CARGO) bench --locked -p wharf-testbed --bench poll_dispatch
 	$(CARGO) bench --locked -p wharf-testbed --bench docker_swap
 	$(CARGO) bench --locked -p wharf-testbed --bench compose_deploy
 

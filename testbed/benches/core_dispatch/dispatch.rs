@@ -72,6 +72,14 @@ pub struct LatencyOutcome {
     pub missing: usize,
     /// POST sent -> sim agent about to send `Accepted`.
     pub accept: Percentiles,
+    /// Polling agents: POST sent -> the answer to the agent's poll carrying the task's
+    /// `accepted` arrived (core recorded it running, durably). Empty over QUIC.
+    pub confirm: Percentiles,
+    /// Polling agents: task received -> that answer (the round trip of the confirming
+    /// poll, which core answers at once).
+    pub confirm_rtt: Percentiles,
+    /// How many tasks have a confirmation time.
+    pub confirmed: usize,
     /// POST sent -> HTTP answer.
     pub http: Percentiles,
     /// Scheduled -> POST sent (how well the open loop kept its pace).
@@ -96,6 +104,9 @@ pub struct LatencyOutcome {
 /// (it can only make the figure larger).
 struct AcceptWatch {
     seen: Arc<Mutex<HashMap<Uuid, Instant>>>,
+    /// Polling agents only: when the answer to the poll carrying the task's `accepted`
+    /// arrived ([`SimEvent::AcceptConfirmed`]).
+    confirmed: Arc<Mutex<HashMap<Uuid, Instant>>>,
     lagged: Arc<AtomicU64>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -103,12 +114,13 @@ struct AcceptWatch {
 impl AcceptWatch {
     fn start(agents: &[SimAgentHandle]) -> AcceptWatch {
         let seen = Arc::new(Mutex::new(HashMap::new()));
+        let confirmed = Arc::new(Mutex::new(HashMap::new()));
         let lagged = Arc::new(AtomicU64::new(0));
         let watchers = agents
             .iter()
             .map(|agent| {
                 let mut rx = agent.subscribe();
-                let (seen, lagged) = (seen.clone(), lagged.clone());
+                let (seen, confirmed, lagged) = (seen.clone(), confirmed.clone(), lagged.clone());
                 tokio::spawn(async move {
                     loop {
                         match rx.recv().await {
@@ -119,6 +131,13 @@ impl AcceptWatch {
                             }) => {
                                 let now = Instant::now();
                                 seen.lock().unwrap().entry(task_id).or_insert(now);
+                            }
+                            Ok(SimEvent::AcceptConfirmed {
+                                task_id,
+                                attempt: 1,
+                            }) => {
+                                let now = Instant::now();
+                                confirmed.lock().unwrap().entry(task_id).or_insert(now);
                             }
                             Ok(_) => {}
                             Err(RecvError::Lagged(n)) => {
@@ -132,6 +151,7 @@ impl AcceptWatch {
             .collect();
         AcceptWatch {
             seen,
+            confirmed,
             lagged,
             watchers,
         }
@@ -139,6 +159,10 @@ impl AcceptWatch {
 
     fn get(&self, id: &Uuid) -> Option<Instant> {
         self.seen.lock().unwrap().get(id).copied()
+    }
+
+    fn confirmed(&self, id: &Uuid) -> Option<Instant> {
+        self.confirmed.lock().unwrap().get(id).copied()
     }
 
     fn count_of(&self, ids: &[Uuid]) -> usize {
@@ -260,6 +284,7 @@ pub async fn latency(
     .map(|_| last_sent.map_or(Duration::ZERO, |t| t.elapsed()));
 
     let mut accept = Vec::with_capacity(sent.len());
+    let (mut confirm, mut confirm_rtt) = (Vec::new(), Vec::new());
     let (mut first_second, mut last_second) = (Vec::new(), Vec::new());
     let mut missing = 0;
     let one = Duration::from_secs(1);
@@ -267,6 +292,10 @@ pub async fn latency(
         if let Ok(id) = &s.result {
             match watch.get(id) {
                 Some(at) => {
+                    if let Some(done) = watch.confirmed(id) {
+                        confirm.push(done.saturating_duration_since(s.sent));
+                        confirm_rtt.push(done.saturating_duration_since(at));
+                    }
                     let latency = at.saturating_duration_since(s.sent);
                     accept.push(latency);
                     if first_due.is_some_and(|f| s.due < f + one) {
@@ -300,6 +329,9 @@ pub async fn latency(
         first_error: errors.first().map(|e| (*e).clone()),
         missing,
         accept: Percentiles::of(accept),
+        confirmed: confirm.len(),
+        confirm: Percentiles::of(confirm),
+        confirm_rtt: Percentiles::of(confirm_rtt),
         http: Percentiles::of(
             sent.iter()
                 .filter(|s| s.result.is_ok())

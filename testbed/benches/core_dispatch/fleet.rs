@@ -206,6 +206,8 @@ pub fn totals(agents: &[SimAgentHandle]) -> SimStats {
         t.acks += s.acks;
         t.succeeded += s.succeeded;
         t.failed += s.failed;
+        t.polls_sent += s.polls_sent;
+        t.polls_throttled += s.polls_throttled;
     }
     t
 }

@@ -34,11 +34,12 @@ mod core;
 mod dispatch;
 mod fleet;
 mod fleet_scenarios;
+mod settings;
 mod stats;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use wharf_testbed::simagent::Behaviour;
@@ -47,6 +48,7 @@ use crate::core::CoreProcess;
 use crate::dispatch::{LatencyOutcome, ThroughputOutcome};
 use crate::fleet::{connect_all, enroll_all, Endpoints};
 use crate::fleet_scenarios::FleetOutcome;
+use crate::settings::env_num;
 use crate::stats::{mib, ms, secs, Results};
 
 const SCENARIOS: [&str; 4] = ["memory", "storm", "latency", "throughput"];
@@ -74,38 +76,9 @@ struct Config {
     fresh: bool,
 }
 
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a number")),
-        _ => Ok(default),
-    }
-}
-
 impl Config {
     fn from_env(workspace: &Path) -> Result<Config> {
-        let args: Vec<String> = std::env::args()
-            .skip(1)
-            .filter(|a| !a.starts_with('-'))
-            .collect();
-        let scenarios: Vec<String> = if !args.is_empty() {
-            args
-        } else {
-            match std::env::var("WHARF_BENCH_SCENARIOS") {
-                Ok(v) if !v.trim().is_empty() => {
-                    v.split(',').map(|s| s.trim().to_string()).collect()
-                }
-                _ => SCENARIOS.iter().map(|s| s.to_string()).collect(),
-            }
-        };
-        for s in &scenarios {
-            anyhow::ensure!(
-                SCENARIOS.contains(&s.as_str()),
-                "unknown scenario {s:?}: pick from {SCENARIOS:?}"
-            );
-        }
+        let scenarios = settings::scenarios("WHARF_BENCH_SCENARIOS", &SCENARIOS)?;
         let memory_agents = match std::env::var("WHARF_BENCH_MEMORY_AGENTS") {
             Ok(v) if !v.trim().is_empty() => v
                 .split(',')
@@ -114,12 +87,7 @@ impl Config {
                 .context("WHARF_BENCH_MEMORY_AGENTS is a comma-separated list of counts")?,
             _ => vec![1000, 10_000],
         };
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace.join("target"));
-        let cache = std::env::var_os("WHARF_BENCH_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| target.join("bench").join("core_dispatch"));
+        let cache = settings::cache_dir(workspace, "WHARF_BENCH_CACHE", "core_dispatch");
         Ok(Config {
             scenarios,
             rate: env_num("WHARF_BENCH_RATE", 1000.0)?,
@@ -179,45 +147,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("core_dispatch: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut results = Results::default();
-    let outcome = runtime.block_on(run(&workspace, &config, &mut results));
-    println!();
-    println!("# core_dispatch results");
-    println!();
-    println!(
-        "date {} | {} | benchmark build: {} | wharf-core: release build, sled store with \
-         durable group commit, 127.0.0.1",
-        humantime::format_rfc3339_seconds(SystemTime::now()),
-        machine(),
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release (bench profile)"
-        },
+    let about = format!(
+        "{} | wharf-core: release build, sled store with durable group commit, 127.0.0.1",
+        machine()
     );
-    println!();
-    print!("{}", results.table());
-    for note in &results.notes {
-        println!("- {note}");
-    }
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("core_dispatch: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    settings::run_main("core_dispatch", &about, async {
+        let mut results = Results::default();
+        let outcome = run(&workspace, &config, &mut results).await;
+        (results, outcome)
+    })
 }
 
 async fn run(workspace: &Path, config: &Config, results: &mut Results) -> Result<()> {
@@ -412,6 +350,14 @@ fn report_latency(o: &LatencyOutcome, results: &mut Results) -> String {
         "submit -> Accepted p99, tasks sent in the first / last second",
         format!("{} / {}", ms(o.first_second.p99), ms(o.last_second.p99)),
     );
+    if o.confirmed > 0 {
+        // Only polling agents confirm `Accepted` in a later request (poll_dispatch).
+        results.add(
+            &scenario,
+            "submit -> accepted confirmed / confirming round trip, p99",
+            format!("{} / {}", ms(o.confirm.p99), ms(o.confirm_rtt.p99)),
+        );
+    }
     results.add(
         &scenario,
         "HTTP POST -> 201 p50 / p99 / max",

@@ -224,6 +224,14 @@ pub enum SimEvent {
         /// Whether it was answered from the journal (a re-sent `Assign`).
         from_journal: bool,
     },
+    /// Polling only: core answered a poll that listed this task in its `accepted` (core
+    /// has recorded the task `running`, durably, before answering).
+    AcceptConfirmed {
+        /// The task.
+        task_id: Uuid,
+        /// Its attempt.
+        attempt: u32,
+    },
     /// Core acknowledged a result.
     ResultAcked {
         /// The task.
@@ -279,6 +287,10 @@ pub struct SimStats {
     pub succeeded: u64,
     /// Results with `success: false` journaled.
     pub failed: u64,
+    /// Polling only: `POST /agent/v1/poll` requests sent.
+    pub polls_sent: u64,
+    /// Polling only: polls answered `429 Too Many Requests` (core's caps).
+    pub polls_throttled: u64,
 }
 
 /// One `(task, attempt)` in the agent's in-memory journal.
@@ -299,10 +311,10 @@ pub struct JournalEntry {
     pub dropped: bool,
 }
 
-struct Entry {
-    view: JournalEntry,
-    running: bool,
-    cancel: watch::Sender<bool>,
+pub(super) struct Entry {
+    pub(super) view: JournalEntry,
+    pub(super) running: bool,
+    pub(super) cancel: watch::Sender<bool>,
 }
 
 /// What a simulated target holds: the last deploy that succeeded on it.
@@ -315,60 +327,178 @@ struct TargetState {
 }
 
 #[derive(Default)]
-struct Counters {
-    sessions: AtomicU64,
-    connect_failures: AtomicU64,
-    rejects: AtomicU64,
-    tasks_received: AtomicU64,
-    assigns_dropped: AtomicU64,
-    executions: AtomicU64,
-    journal_answers: AtomicU64,
-    results_sent: AtomicU64,
-    results_resent_in_hello: AtomicU64,
-    acks: AtomicU64,
-    progress_sent: AtomicU64,
-    cancels_received: AtomicU64,
-    cancels_honoured: AtomicU64,
-    heartbeats_sent: AtomicU64,
-    succeeded: AtomicU64,
-    failed: AtomicU64,
+pub(super) struct Counters {
+    pub(super) sessions: AtomicU64,
+    pub(super) connect_failures: AtomicU64,
+    pub(super) rejects: AtomicU64,
+    pub(super) tasks_received: AtomicU64,
+    pub(super) assigns_dropped: AtomicU64,
+    pub(super) executions: AtomicU64,
+    pub(super) journal_answers: AtomicU64,
+    pub(super) results_sent: AtomicU64,
+    pub(super) results_resent_in_hello: AtomicU64,
+    pub(super) acks: AtomicU64,
+    pub(super) progress_sent: AtomicU64,
+    pub(super) cancels_received: AtomicU64,
+    pub(super) cancels_honoured: AtomicU64,
+    pub(super) heartbeats_sent: AtomicU64,
+    pub(super) succeeded: AtomicU64,
+    pub(super) failed: AtomicU64,
+    pub(super) polls_sent: AtomicU64,
+    pub(super) polls_throttled: AtomicU64,
 }
 
-fn inc(c: &AtomicU64) {
+pub(super) fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// State shared by the handle and the agent's tasks.
-struct Shared {
-    name: String,
-    agent_id: Uuid,
-    behaviour: RwLock<Behaviour>,
-    journal: Mutex<HashMap<(Uuid, u32), Entry>>,
+pub(super) struct Shared {
+    pub(super) name: String,
+    pub(super) agent_id: Uuid,
+    pub(super) behaviour: RwLock<Behaviour>,
+    pub(super) journal: Mutex<HashMap<(Uuid, u32), Entry>>,
     targets: Mutex<HashMap<String, TargetState>>,
-    counters: Counters,
-    assigns_seen: AtomicU32,
-    connected: AtomicBool,
-    stopped: AtomicBool,
+    pub(super) counters: Counters,
+    pub(super) assigns_seen: AtomicU32,
+    pub(super) connected: AtomicBool,
+    pub(super) stopped: AtomicBool,
     connection: Mutex<Option<Connection>>,
     changed: watch::Sender<u64>,
     /// Created by the first [`SimAgentHandle::subscribe`]: a broadcast channel
     /// preallocates its buffer, which thousands of agents nobody watches should not pay.
     events: Mutex<Option<broadcast::Sender<SimEvent>>>,
-    tasks: mpsc::Sender<AgentTask>,
+    pub(super) tasks: mpsc::Sender<AgentTask>,
     /// Whether received tasks go into `tasks` (capacity > 0).
-    task_channel: bool,
+    pub(super) task_channel: bool,
 }
 
 impl Shared {
-    fn bump(&self) {
+    /// A fresh agent state for `enrolled`, and the receiver of its task channel.
+    pub(super) fn new(
+        enrolled: &Enrolled,
+        behaviour: Behaviour,
+        task_channel_capacity: usize,
+    ) -> (Arc<Shared>, mpsc::Receiver<AgentTask>) {
+        let (tasks_tx, tasks_rx) = mpsc::channel(task_channel_capacity.max(1));
+        let shared = Arc::new(Shared {
+            name: enrolled.name.clone(),
+            agent_id: enrolled.agent_id,
+            behaviour: RwLock::new(behaviour),
+            journal: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            assigns_seen: AtomicU32::new(0),
+            connected: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            connection: Mutex::new(None),
+            changed: watch::channel(0).0,
+            events: Mutex::new(None),
+            tasks: tasks_tx,
+            task_channel: task_channel_capacity > 0,
+        });
+        (shared, tasks_rx)
+    }
+
+    /// The behaviour in force now.
+    pub(super) fn behaviour_now(&self) -> Behaviour {
+        self.behaviour
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Journals how an executed attempt ended (`None`: dropped after `Accepted`) and
+    /// counts it; returns the result, if any.
+    pub(super) fn finish_execution(
+        &self,
+        task_id: Uuid,
+        attempt: u32,
+        outcome: Option<TaskResult>,
+    ) -> Option<TaskResult> {
+        let Some(result) = outcome else {
+            if let Some(e) = lock(&self.journal).get_mut(&(task_id, attempt)) {
+                e.running = false;
+                e.view.dropped = true;
+            }
+            self.bump();
+            return None;
+        };
+        if result.success {
+            inc(&self.counters.succeeded);
+        } else {
+            inc(&self.counters.failed);
+        }
+        if let Some(e) = lock(&self.journal).get_mut(&(task_id, attempt)) {
+            e.running = false;
+            e.view.result = Some(result.clone());
+        }
+        self.event(SimEvent::Executed {
+            task_id,
+            attempt,
+            success: result.success,
+        });
+        Some(result)
+    }
+
+    /// What to do with a received `(task, attempt)`: a new one is journaled (running)
+    /// unless the behaviour drops it; a known one is answered from the journal.
+    pub(super) fn plan(&self, task: &AgentTask) -> Plan {
+        let behaviour = self.behaviour_now();
+        let (task_id, attempt) = (task.id, task.attempt);
+        {
+            let mut journal = lock(&self.journal);
+            match journal.get_mut(&(task_id, attempt)) {
+                Some(entry) if entry.running => {
+                    entry.view.journal_answers += 1;
+                    Plan::AwaitRunning
+                }
+                Some(entry) => {
+                    entry.view.journal_answers += 1;
+                    match &entry.view.result {
+                        Some(r) => Plan::Answer(Box::new(r.clone())),
+                        None => Plan::DropAgain,
+                    }
+                }
+                None => {
+                    let seen = self.assigns_seen.fetch_add(1, Ordering::Relaxed);
+                    if seen < behaviour.drop_first_assigns
+                        || *behaviour.outcome_for(task) == Outcome::DropBeforeAccept
+                    {
+                        Plan::Drop
+                    } else {
+                        let (cancel, cancel_rx) = watch::channel(false);
+                        journal.insert(
+                            (task_id, attempt),
+                            Entry {
+                                view: JournalEntry {
+                                    task: task.clone(),
+                                    executions: 1,
+                                    journal_answers: 0,
+                                    result: None,
+                                    acked: false,
+                                    dropped: false,
+                                },
+                                running: true,
+                                cancel,
+                            },
+                        );
+                        Plan::Execute(Box::new(behaviour), cancel_rx)
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn bump(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    fn event(&self, event: SimEvent) {
+    pub(super) fn event(&self, event: SimEvent) {
         if let Some(events) = lock(&self.events).as_ref() {
             let _ = events.send(event);
         }
@@ -397,10 +527,12 @@ impl Shared {
             heartbeats_sent: get(&c.heartbeats_sent),
             succeeded: get(&c.succeeded),
             failed: get(&c.failed),
+            polls_sent: get(&c.polls_sent),
+            polls_throttled: get(&c.polls_throttled),
         }
     }
 
-    fn pending_results(&self) -> Vec<TaskResult> {
+    pub(super) fn pending_results(&self) -> Vec<TaskResult> {
         let mut pending: Vec<TaskResult> = lock(&self.journal)
             .values()
             .filter(|e| !e.view.acked)
@@ -410,7 +542,7 @@ impl Shared {
         pending
     }
 
-    fn running_tasks(&self) -> Vec<Uuid> {
+    pub(super) fn running_tasks(&self) -> Vec<Uuid> {
         lock(&self.journal)
             .values()
             .filter(|e| e.running)
@@ -418,7 +550,7 @@ impl Shared {
             .collect()
     }
 
-    fn ack(&self, task_id: Uuid, attempt: u32) {
+    pub(super) fn ack(&self, task_id: Uuid, attempt: u32) {
         inc(&self.counters.acks);
         if let Some(e) = lock(&self.journal).get_mut(&(task_id, attempt)) {
             e.view.acked = true;
@@ -426,7 +558,7 @@ impl Shared {
         self.event(SimEvent::ResultAcked { task_id, attempt });
     }
 
-    fn request_cancel(&self, task_id: Uuid) {
+    pub(super) fn request_cancel(&self, task_id: Uuid) {
         inc(&self.counters.cancels_received);
         for ((id, _), entry) in lock(&self.journal).iter() {
             if *id == task_id && entry.running {
@@ -456,6 +588,26 @@ impl std::fmt::Debug for SimAgentHandle {
 }
 
 impl SimAgentHandle {
+    /// Starts `run(shared, shutdown)` as the agent's supervisor and returns its handle.
+    pub(super) fn spawn<F, Fut>(
+        shared: Arc<Shared>,
+        tasks: mpsc::Receiver<AgentTask>,
+        run: F,
+    ) -> SimAgentHandle
+    where
+        F: FnOnce(Arc<Shared>, watch::Receiver<bool>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let supervisor = tokio::spawn(run(shared.clone(), shutdown_rx));
+        SimAgentHandle {
+            shared,
+            tasks: tokio::sync::Mutex::new(tasks),
+            shutdown,
+            supervisor: Mutex::new(Some(supervisor)),
+        }
+    }
+
     /// The agent's name.
     pub fn name(&self) -> &str {
         &self.shared.name
@@ -660,7 +812,7 @@ pub(crate) fn client_endpoint(addr: SocketAddr) -> std::io::Result<Endpoint> {
     )
 }
 
-async fn resolve(core_addr: &str) -> Result<(SocketAddr, String), SimAgentError> {
+pub(super) async fn resolve(core_addr: &str) -> Result<(SocketAddr, String), SimAgentError> {
     let addr = tokio::net::lookup_host(core_addr)
         .await
         .map_err(|e| SimAgentError::Setup(format!("cannot resolve {core_addr}: {e}")))?
@@ -712,23 +864,7 @@ pub(crate) async fn connect(
         None => client_endpoint(addr)
             .map_err(|e| SimAgentError::Setup(format!("cannot open a UDP socket: {e}")))?,
     };
-    let (tasks_tx, tasks_rx) = mpsc::channel(options.task_channel_capacity.max(1));
-    let shared = Arc::new(Shared {
-        name: enrolled.name.clone(),
-        agent_id: enrolled.agent_id,
-        behaviour: RwLock::new(behaviour),
-        journal: Mutex::new(HashMap::new()),
-        targets: Mutex::new(HashMap::new()),
-        counters: Counters::default(),
-        assigns_seen: AtomicU32::new(0),
-        connected: AtomicBool::new(false),
-        stopped: AtomicBool::new(false),
-        connection: Mutex::new(None),
-        changed: watch::channel(0).0,
-        events: Mutex::new(None),
-        tasks: tasks_tx,
-        task_channel: options.task_channel_capacity > 0,
-    });
+    let (shared, tasks_rx) = Shared::new(enrolled, behaviour, options.task_channel_capacity);
     let dialer = Dialer {
         endpoint,
         addr,
@@ -743,17 +879,12 @@ pub(crate) async fn connect(
             return Err(e);
         }
     };
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let supervisor = tokio::spawn(supervise(shared.clone(), dialer, session, shutdown_rx));
-    Ok(SimAgentHandle {
-        shared,
-        tasks: tokio::sync::Mutex::new(tasks_rx),
-        shutdown,
-        supervisor: Mutex::new(Some(supervisor)),
-    })
+    Ok(SimAgentHandle::spawn(shared, tasks_rx, |shared, stop| {
+        supervise(shared, dialer, session, stop)
+    }))
 }
 
-fn record_failure(shared: &Shared, error: &SimAgentError) {
+pub(super) fn record_failure(shared: &Shared, error: &SimAgentError) {
     inc(&shared.counters.connect_failures);
     if matches!(error, SimAgentError::Rejected(_)) {
         inc(&shared.counters.rejects);
@@ -835,7 +966,7 @@ async fn establish(shared: &Shared, dialer: &Dialer) -> Result<Session, SimAgent
 }
 
 /// Resolves once the flag is set (`true`); `false` if its sender is gone first.
-async fn stopping(flag: &mut watch::Receiver<bool>) -> bool {
+pub(super) async fn stopping(flag: &mut watch::Receiver<bool>) -> bool {
     flag.wait_for(|s| *s).await.is_ok()
 }
 
@@ -1003,7 +1134,7 @@ fn spawn_stream_reader(
 }
 
 /// What to do with an `Assign`, decided under the journal lock.
-enum Plan {
+pub(super) enum Plan {
     /// Reset the stream; nothing journaled.
     Drop,
     /// Run it (first time), with this behaviour and cancel flag.
@@ -1040,53 +1171,7 @@ async fn task_stream(shared: Arc<Shared>, mut send: SendStream, recv: RecvStream
         kind: task.kind(),
     });
 
-    let behaviour = shared
-        .behaviour
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let plan = {
-        let mut journal = lock(&shared.journal);
-        match journal.get_mut(&(task_id, attempt)) {
-            Some(entry) if entry.running => {
-                entry.view.journal_answers += 1;
-                Plan::AwaitRunning
-            }
-            Some(entry) => {
-                entry.view.journal_answers += 1;
-                match &entry.view.result {
-                    Some(r) => Plan::Answer(Box::new(r.clone())),
-                    None => Plan::DropAgain,
-                }
-            }
-            None => {
-                let seen = shared.assigns_seen.fetch_add(1, Ordering::Relaxed);
-                if seen < behaviour.drop_first_assigns
-                    || *behaviour.outcome_for(&task) == Outcome::DropBeforeAccept
-                {
-                    Plan::Drop
-                } else {
-                    let (cancel, cancel_rx) = watch::channel(false);
-                    journal.insert(
-                        (task_id, attempt),
-                        Entry {
-                            view: JournalEntry {
-                                task: task.clone(),
-                                executions: 1,
-                                journal_answers: 0,
-                                result: None,
-                                acked: false,
-                                dropped: false,
-                            },
-                            running: true,
-                            cancel,
-                        },
-                    );
-                    Plan::Execute(Box::new(behaviour), cancel_rx)
-                }
-            }
-        }
-    };
+    let plan = shared.plan(&task);
     if !matches!(plan, Plan::Drop | Plan::Execute(..)) {
         inc(&shared.counters.journal_answers);
     }
@@ -1129,47 +1214,20 @@ async fn task_stream(shared: Arc<Shared>, mut send: SendStream, recv: RecvStream
             // A write failure (core gone) does not stop the run: the result is journaled
             // and reported in the next Hello, as a real agent would.
             let mut stream_ok = write_frame(&mut send, &accepted, max).await.is_ok();
-            let outcome = execute(
-                &shared,
-                &task,
-                &behaviour,
-                cancel,
-                &mut send,
-                &mut stream_ok,
+            let mut sink = ProgressSink::Stream {
+                send: &mut send,
+                ok: &mut stream_ok,
                 max,
-            )
-            .await;
-            match outcome {
+            };
+            let outcome = execute(&shared, &task, &behaviour, cancel, &mut sink).await;
+            match shared.finish_execution(task_id, attempt, outcome) {
                 None => {
                     // Dropped after Accepted: no result, ever.
-                    if let Some(e) = lock(&shared.journal).get_mut(&(task_id, attempt)) {
-                        e.running = false;
-                        e.view.dropped = true;
-                    }
                     let _ = send.finish();
-                    shared.bump();
                     return;
                 }
-                Some(result) => {
-                    if result.success {
-                        inc(&shared.counters.succeeded);
-                    } else {
-                        inc(&shared.counters.failed);
-                    }
-                    if let Some(e) = lock(&shared.journal).get_mut(&(task_id, attempt)) {
-                        e.running = false;
-                        e.view.result = Some(result.clone());
-                    }
-                    shared.event(SimEvent::Executed {
-                        task_id,
-                        attempt,
-                        success: result.success,
-                    });
-                    if !stream_ok {
-                        return;
-                    }
-                    (result, false)
-                }
+                Some(_) if !stream_ok => return,
+                Some(result) => (result, false),
             }
         }
     };
@@ -1220,16 +1278,48 @@ async fn await_result(shared: &Shared, task_id: Uuid, attempt: u32) -> Option<Ta
     }
 }
 
+/// Where an execution's progress lines go.
+pub(super) enum ProgressSink<'a> {
+    /// The QUIC task stream; `ok` turns false at the first failed write (and stays so).
+    Stream {
+        /// The task stream.
+        send: &'a mut SendStream,
+        /// Whether the stream still works.
+        ok: &'a mut bool,
+        /// Largest frame.
+        max: u32,
+    },
+    /// The polling session's next request.
+    Poll(mpsc::UnboundedSender<Progress>),
+}
+
+impl ProgressSink<'_> {
+    /// Sends one line; whether it went out.
+    async fn send(&mut self, progress: Progress) -> bool {
+        match self {
+            ProgressSink::Stream { send, ok, max } => {
+                if !**ok {
+                    return false;
+                }
+                let sent = write_frame(send, &Message::Progress(progress), *max)
+                    .await
+                    .is_ok();
+                **ok = sent;
+                sent
+            }
+            ProgressSink::Poll(tx) => tx.send(progress).is_ok(),
+        }
+    }
+}
+
 /// "Runs" a task: progress lines over the delay, cancel handling, the planned outcome.
 /// `None`: dropped after `Accepted` (no result).
-async fn execute(
+pub(super) async fn execute(
     shared: &Shared,
     task: &AgentTask,
     behaviour: &Behaviour,
     mut cancel: watch::Receiver<bool>,
-    send: &mut SendStream,
-    stream_ok: &mut bool,
-    max: u32,
+    sink: &mut ProgressSink<'_>,
 ) -> Option<TaskResult> {
     let started_at = Timestamp::now();
     if task.is_expired(started_at) {
@@ -1245,17 +1335,18 @@ async fn execute(
     let slice = behaviour.delay / (steps + 1);
     let mut cancelled = false;
     for step in 0..=steps {
-        if step > 0 && *stream_ok {
-            let progress = Message::Progress(Progress {
+        if step > 0 {
+            let progress = Progress {
                 task_id: task.id,
                 step: "simulate".into(),
                 line: format!("step {step} of {steps}"),
-            });
-            if write_frame(send, &progress, max).await.is_ok() {
+            };
+            if sink.send(progress).await {
                 inc(&shared.counters.progress_sent);
-            } else {
-                *stream_ok = false;
             }
+        }
+        if slice.is_zero() {
+            continue;
         }
         if behaviour.cancel == CancelMode::Honour {
             tokio::select! {

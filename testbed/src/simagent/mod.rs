@@ -30,6 +30,11 @@
 //!   ignore `Cancel`. Successful results carry plausible outputs: deploys are remembered
 //!   per target, so `inspect` reports the image and digest last deployed and
 //!   `read-sticker` the sticker last written (or fails `not-found`).
+//! - [`SimAgent::poll_with`]: the same agent over the polling transport
+//!   (docs/protocol.md §9): `POST /agent/v1/poll` over HTTPS with the client certificate,
+//!   long polls held by core, the polling `accepted` (confirmed by
+//!   [`SimEvent::AcceptConfirmed`]), results until `acked_results` lists them, `429`s
+//!   waited out ([`SimStats::polls_throttled`]); see [`PollOptions`].
 //! - Reconnection with jittered exponential backoff ([`Reconnect`]; off with
 //!   [`Reconnect::disabled`] to see a refusal as it is).
 //! - Observability for tests: [`SimAgentHandle::stats`] ([`SimStats`]: tasks received,
@@ -84,6 +89,7 @@ mod api;
 mod behaviour;
 mod enroll;
 mod fleet;
+mod poll;
 
 use std::net::SocketAddr;
 
@@ -94,6 +100,7 @@ pub use api::{ApiError, CoreApi, EnrollTokenGrant, Submitted};
 pub use behaviour::{Behaviour, CancelMode, Outcome};
 pub use enroll::{EnrollError, Enrolled};
 pub use fleet::{run_fleet, FleetInputError, FleetOptions, FleetSummary};
+pub use poll::PollOptions;
 
 /// The version a simulated agent announces (enrollment and `Hello`): the workspace's, so
 /// it is always within core's version skew window.
@@ -163,6 +170,29 @@ impl SimAgent {
         options: ConnectOptions,
     ) -> Result<SimAgentHandle, SimAgentError> {
         agent::connect(enrolled, core_addr, behaviour, options).await
+    }
+
+    /// Starts a **polling** simulated agent (docs/protocol.md §9): `POST /agent/v1/poll`
+    /// over HTTPS with the agent's client certificate instead of QUIC (see
+    /// [`PollOptions`]; the behaviours, journal, counters and events are the same, plus
+    /// [`SimEvent::AcceptConfirmed`] and [`SimStats::polls_sent`]). Returns once core
+    /// answered the first poll (a new polling session); the agent then long-polls in the
+    /// background until the handle is shut down or dropped.
+    /// [`SimAgentHandle::drop_connection`] does nothing for a polling agent.
+    ///
+    /// # Errors
+    ///
+    /// The first poll failed: [`SimAgentError::Connection`] (TLS refused, a status other
+    /// than 200, a 429), [`SimAgentError::Rejected`] for `426 upgrade required`,
+    /// [`SimAgentError::Setup`] for an unusable address or identity,
+    /// [`SimAgentError::Protocol`] for an answer that does not decode.
+    pub async fn poll_with(
+        enrolled: &Enrolled,
+        core_addr: &str,
+        behaviour: Behaviour,
+        options: PollOptions,
+    ) -> Result<SimAgentHandle, SimAgentError> {
+        poll::connect_poll(enrolled, core_addr, behaviour, options).await
     }
 
     /// A QUIC client endpoint (one UDP socket on an ephemeral port) that many simulated

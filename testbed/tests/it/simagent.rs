@@ -25,8 +25,8 @@ use wharf_protocol::{
 use wharf_testbed::core::CoreProcess;
 use wharf_testbed::fake_core::{task, FakeCore, FakeSession};
 use wharf_testbed::simagent::{
-    Behaviour, CancelMode, ConnectOptions, CoreApi, EnrollError, Enrolled, Outcome, Reconnect,
-    SimAgent, SimAgentError, SimAgentHandle, SimEvent,
+    Behaviour, CancelMode, ConnectOptions, CoreApi, EnrollError, Enrolled, Outcome, PollOptions,
+    Reconnect, SimAgent, SimAgentError, SimAgentHandle, SimEvent,
 };
 
 use crate::{lines_of, wait_exit, wait_for_line, KillOnDrop};
@@ -442,8 +442,8 @@ async fn wait_state(api: &CoreApi, id: Uuid, state: TaskState) -> wharf_core::en
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_core_enrollment_and_a_deploy_end_to_end() {
+/// A `wharf-core serve` child on a temp data dir, and its operator API.
+async fn real_core() -> (tempfile::TempDir, CoreProcess, CoreApi) {
     let data = tempfile::tempdir().unwrap();
     let core = tokio::task::spawn_blocking({
         let data = data.path().to_path_buf();
@@ -452,6 +452,12 @@ async fn real_core_enrollment_and_a_deploy_end_to_end() {
     .await
     .unwrap();
     let api = core.api().unwrap();
+    (data, core, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_core_enrollment_and_a_deploy_end_to_end() {
+    let (_data, core, api) = real_core().await;
     let grant = api.create_enroll_token("sim-e2e", None).await.unwrap();
     assert!(grant.ca_hash.starts_with("sha256:"), "{grant:?}");
 
@@ -512,6 +518,97 @@ async fn real_core_enrollment_and_a_deploy_end_to_end() {
         "{agents:?}"
     );
     agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_mode_against_a_real_core_deploys_confirms_and_shows_transport_poll() {
+    let (_data, core, api) = real_core().await;
+    let grant = api.create_enroll_token("sim-poll", None).await.unwrap();
+    let enrolled = SimAgent::enroll(&core.addr(), &grant.token, &grant.ca_hash, "sim-poll")
+        .await
+        .expect("enrolls");
+    let options = PollOptions::default().with_reconnect(Reconnect::disabled());
+    let agent = SimAgent::poll_with(
+        &enrolled,
+        &core.addr(),
+        Behaviour::succeed()
+            .with_delay(Duration::from_millis(200))
+            .with_progress(2),
+        options.clone(),
+    )
+    .await
+    .expect("the first poll is answered");
+    let stats = agent.stats();
+    assert!(stats.connected && stats.sessions == 1, "{stats:?}");
+    assert_eq!(stats.polls_sent, 1, "{stats:?}");
+    let agents = api.agents().await.unwrap();
+    assert!(
+        agents
+            .iter()
+            .any(|a| a["name"] == "sim-poll" && a["state"] == "online" && a["transport"] == "poll"),
+        "{agents:?}"
+    );
+
+    // A task with a delay and progress: runs in the background, reported beside the
+    // held poll.
+    let mut events = agent.subscribe();
+    let slow = api
+        .submit(&deploy_request("sim-poll", "web", 1, None))
+        .await
+        .unwrap();
+    let task = wait_state(&api, slow.task.id, TaskState::Succeeded).await;
+    let result = task.result.expect("result stored");
+    assert!(
+        result.success && result.outputs["image"] == image(1),
+        "{result:?}"
+    );
+    let stats = agent.wait_for(WAIT, |s| s.acks >= 1).await.unwrap();
+    assert_eq!((stats.executions, stats.progress_sent), (1, 2), "{stats:?}");
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    let id = slow.task.id;
+    let position = |wanted: &SimEvent| seen.iter().position(|e| e == wanted);
+    let received = position(&SimEvent::TaskReceived {
+        task_id: id,
+        attempt: 1,
+        kind: TaskKind::Deploy,
+    });
+    let confirmed = position(&SimEvent::AcceptConfirmed {
+        task_id: id,
+        attempt: 1,
+    });
+    let acked = position(&SimEvent::ResultAcked {
+        task_id: id,
+        attempt: 1,
+    });
+    assert!(
+        received.is_some() && received < confirmed && confirmed < acked,
+        "{seen:?}"
+    );
+
+    // A task with no delay: the confirming poll carries the result too.
+    agent.set_behaviour(Behaviour::succeed());
+    let quick = api
+        .submit(&deploy_request("sim-poll", "api", 2, None))
+        .await
+        .unwrap();
+    wait_state(&api, quick.task.id, TaskState::Succeeded).await;
+    let stats = agent.wait_for(WAIT, |s| s.acks >= 2).await.unwrap();
+    assert_eq!(stats.executions, 2, "{stats:?}");
+    assert_eq!(agent.executions_of(quick.task.id, 1), 1);
+    assert!(agent.pending_results().is_empty());
+    assert_eq!(stats.polls_throttled, 0, "{stats:?}");
+    agent.shutdown().await;
+    assert!(agent.stats().stopped);
+
+    // Revoked: the next poll is refused (403), and so is a new polling agent.
+    api.revoke_agent("sim-poll").await.unwrap();
+    let err = SimAgent::poll_with(&enrolled, &core.addr(), Behaviour::succeed(), options)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SimAgentError::Connection(_)), "{err:?}");
 }
 
 #[test]
