@@ -97,11 +97,15 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
+/// How long [`SledStore::open`] waits for a lock held by a database just dropped (or a
+/// process just exiting) before it reports [`StoreError::Locked`].
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl SledStore {
     /// Opens (creating it if needed) the store in `dir`.
     ///
     /// Errors name `dir` and say what to do: [`StoreError::Locked`] when another process
-    /// (or another open `SledStore` in this one) holds it, [`StoreError::Corrupt`] when
+    /// (or another open `SledStore` in this one) still holds it after [`LOCK_WAIT`], [`StoreError::Corrupt`] when
     /// sled's recovery finds corrupt data, [`StoreError::IncompatibleFormat`] for a
     /// foreign layout, [`StoreError::Open`] for anything else (not a directory,
     /// permissions, IO).
@@ -119,9 +123,23 @@ impl SledStore {
             .map_err(|e| open_err(format!("cannot create the directory: {e}"), Some(e)))?;
 
         let config = sled::Config::new().path(&dir);
+        // A sled database dropped a moment ago (in this process, or by a process that is
+        // exiting) releases its file lock only when its background threads end: wait a
+        // little for it before calling the directory locked.
+        let lock_deadline = std::time::Instant::now() + LOCK_WAIT;
         // sled 0.34 can panic on some damaged files instead of returning an error: report
         // that as corruption rather than bringing the process down with a backtrace.
-        let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
+        let db = match loop {
+            match catch_unwind(AssertUnwindSafe(|| config.open())) {
+                Ok(Err(e))
+                    if matches!(map_open_error(&dir, e.clone()), StoreError::Locked { .. })
+                        && std::time::Instant::now() < lock_deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        } {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => return Err(map_open_error(&dir, e)),
             Err(panic) => {
