@@ -540,7 +540,8 @@ async fn poll_mode_against_a_real_core_deploys_confirms_and_shows_transport_poll
     .expect("the first poll is answered");
     let stats = agent.stats();
     assert!(stats.connected && stats.sessions == 1, "{stats:?}");
-    assert_eq!(stats.polls_sent, 1, "{stats:?}");
+    // The first poll was answered; the next (held) one may already be out.
+    assert!((1..=2).contains(&stats.polls_sent), "{stats:?}");
     let agents = api.agents().await.unwrap();
     assert!(
         agents
