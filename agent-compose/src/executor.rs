@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use wharf_agent_docker::docker::{fault, ContainerHealth};
+use wharf_agent_docker::runtime::executor::never_started;
 use wharf_agent_docker::runtime::{Executor, TaskContext};
 use wharf_protocol::compose::{check_expected, is_compose_file_name, ComposeLock};
 use wharf_protocol::seal::RegistryCredentials;
@@ -1171,14 +1172,7 @@ impl<H: ComposeHost> Executor for ComposeExecutor<H> {
     ) -> TaskResult {
         let now = Timestamp::now();
         let Some(bytes) = checkpoint else {
-            let mut r = failed(
-                &task,
-                now,
-                ErrorType::Internal,
-                "the agent restarted before the task took its first step; nothing was changed; retry the task",
-            );
-            r.retriable = true;
-            return r;
+            return never_started(&task);
         };
         let mut journal = match Journal::decode(&bytes) {
             Ok(j) => j,

@@ -21,7 +21,7 @@ use clap::Parser;
 use wharf_agent_compose::{CliHost, ComposeExecutor, ComposeExecutorConfig, ComposeTool};
 use wharf_agent_docker::docker::BollardDocker;
 use wharf_agent_docker::runtime::process::{
-    exit_code, init_logging, shutdown_signal, tokio_runtime, AgentArgs,
+    exit_with, init_logging, shutdown_signal, tokio_runtime, AgentArgs,
 };
 
 #[derive(Parser, Debug)]
@@ -41,13 +41,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     init_logging();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("wharf-agent-compose: {err:#}");
-            ExitCode::from(exit_code(&err))
-        }
-    }
+    exit_with("wharf-agent-compose", run())
 }
 
 fn run() -> anyhow::Result<()> {

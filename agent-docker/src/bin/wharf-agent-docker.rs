@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::Parser;
 use wharf_agent_docker::docker::{BollardDocker, DockerExecutor, DockerExecutorConfig};
 use wharf_agent_docker::runtime::process::{
-    exit_code, init_logging, shutdown_signal, tokio_runtime, AgentArgs,
+    exit_with, init_logging, shutdown_signal, tokio_runtime, AgentArgs,
 };
 
 #[derive(Parser, Debug)]
@@ -33,13 +33,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     init_logging();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("wharf-agent-docker: {err:#}");
-            ExitCode::from(exit_code(&err))
-        }
-    }
+    exit_with("wharf-agent-docker", run())
 }
 
 fn run() -> anyhow::Result<()> {

@@ -36,6 +36,7 @@ use wharf_protocol::{
 };
 
 use crate::plan::DeployPlan;
+use crate::runtime::executor::never_started;
 use crate::runtime::{Executor, TaskContext};
 
 pub use self::api::{
@@ -300,15 +301,7 @@ impl<D: DockerApi> Executor for DockerExecutor<D> {
     ) -> TaskResult {
         let now = Timestamp::now();
         let Some(bytes) = checkpoint else {
-            let mut r = failed(
-                &task,
-                now,
-                ErrorType::Internal,
-                "the agent restarted before the task took its first step; nothing was \
-                 changed; retry the task",
-            );
-            r.retriable = true;
-            return r;
+            return never_started(&task);
         };
         let journal = match Journal::decode(&bytes) {
             Ok(j) => j,

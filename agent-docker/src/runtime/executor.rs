@@ -14,7 +14,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 use wharf_protocol::seal::RegistryCredentials;
-use wharf_protocol::{AgentTask, TaskResult};
+use wharf_protocol::{AgentTask, ErrorType, TaskResult, Timestamp};
 
 /// Why a checkpoint could not be made durable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,4 +123,20 @@ pub trait Executor: Send + Sync + 'static {
         checkpoint: Option<Vec<u8>>,
         ctx: TaskContext,
     ) -> impl Future<Output = TaskResult> + Send;
+}
+
+/// The result of a task the agent journaled but never started a step of before it died
+/// (its [`Executor::resume`] got no checkpoint): nothing changed, so it fails retriable and
+/// core may send it again.
+pub fn never_started(task: &AgentTask) -> TaskResult {
+    let mut result = TaskResult::failure(
+        task.id,
+        task.attempt,
+        Timestamp::now(),
+        ErrorType::Internal,
+        "the agent restarted before the task took its first step; nothing was changed; \
+         retry the task",
+    );
+    result.retriable = true;
+    result
 }

@@ -41,7 +41,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 /// The flags every agent binary takes (design §7), flattened into its own `clap` parser.
-#[derive(clap::Args, Debug, Clone)]
+/// Its `Debug` never shows the enrollment token.
+#[derive(clap::Args, Clone)]
 pub struct AgentArgs {
     /// Core's agent address, HOST:PORT (QUIC on UDP, HTTPS on TCP).
     #[arg(long, env = "WHARF_CORE", value_name = "HOST:PORT")]
@@ -82,6 +83,23 @@ pub struct AgentArgs {
     /// changes; container hooks run either way.
     #[arg(long, env = "WHARF_ALLOW_HOST_HOOKS")]
     pub allow_host_hooks: bool,
+}
+
+impl std::fmt::Debug for AgentArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentArgs")
+            .field("core", &self.core)
+            .field("state_dir", &self.state_dir)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_hash", &self.ca_hash)
+            .field("name", &self.name)
+            .field("server_name", &self.server_name)
+            .field("docker_host", &self.docker_host)
+            .field("transport", &self.transport)
+            .field("quic_fallback_after", &self.quic_fallback_after)
+            .field("quic_retry_every", &self.quic_retry_every)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `--transport`.
@@ -145,6 +163,18 @@ impl AgentArgs {
     }
 }
 
+/// The process exit of an agent binary named `program`: 0, or the error (with its causes)
+/// on stderr and [`exit_code`].
+pub fn exit_with(program: &str, outcome: anyhow::Result<()>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{program}: {err:#}");
+            std::process::ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
 /// Logs to stderr, `RUST_LOG` filtering (default `info`).
 pub fn init_logging() {
     tracing_subscriber::fmt()
@@ -166,4 +196,39 @@ pub fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .worker_threads(2)
         .enable_all()
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::AgentArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    #[test]
+    fn debug_never_shows_the_token_and_token_needs_a_ca_hash() {
+        let cli = Cli::try_parse_from([
+            "agent",
+            "--core",
+            "core:7443",
+            "--state-dir",
+            "/tmp/s",
+            "--token",
+            "s3cr3t-T0KEN",
+            "--name",
+            "a",
+        ])
+        .unwrap();
+        let shown = format!("{:?}", cli.agent);
+        assert!(!shown.contains("s3cr3t-T0KEN"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let err = cli.agent.config().unwrap_err();
+        assert!(err.to_string().contains("--ca-hash"), "{err}");
+        assert!(!err.to_string().contains("s3cr3t-T0KEN"), "{err}");
+    }
 }
