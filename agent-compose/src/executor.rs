@@ -987,6 +987,7 @@ impl<H: ComposeHost> ComposeExecutor<H> {
                     "running": c.running,
                     "health": c.health.map(ContainerHealth::as_str),
                     "digest": c.digest(),
+                    "repo_digests": c.repo_digests,
                     "expected_image": expected.get(&c.service),
                 })
             })

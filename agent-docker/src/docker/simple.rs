@@ -96,6 +96,14 @@ impl<D: DockerApi> DockerExecutor<D> {
         if let Some(d) = running_digest(&c) {
             out.insert("digest".into(), d);
         }
+        // What the image really is, whatever the container's labels say: the audit
+        // compares the sticker's digest against these.
+        if let Ok(Some(image)) = self.docker.inspect_image(&c.image_id).await {
+            out.insert(
+                "image_digests".into(),
+                serde_json::to_string(&image.repo_digests).unwrap_or_default(),
+            );
+        }
         if let Some(code) = c.state.exit_code {
             out.insert("exit_code".into(), code.to_string());
         }

@@ -924,6 +924,11 @@ async fn inspect_and_stickers() {
     let c = bed.d().get(NAME).unwrap();
     assert_eq!(r.outputs["container_id"], c.id);
     assert_eq!(r.outputs["digest"], digest(1));
+    let image_digests: Vec<String> = serde_json::from_str(&r.outputs["image_digests"]).unwrap();
+    assert!(
+        image_digests.iter().any(|d| d.ends_with(&digest(1))),
+        "{image_digests:?}"
+    );
     assert_eq!(r.outputs["state"], "running");
     assert_eq!(r.outputs["health"], "healthy");
     assert_eq!(Some(r.outputs["sticker"].clone()), bed.sticker_on_disk());

@@ -41,7 +41,7 @@ pub struct AgentView {
     pub revoked_at: Option<Timestamp>,
 }
 
-async fn view(state: &ApiState, agent: AgentRecord) -> AgentView {
+pub(super) async fn view(state: &ApiState, agent: AgentRecord) -> AgentView {
     let live = if agent.is_revoked() {
         None
     } else {

@@ -15,10 +15,11 @@
 //! - `POST /agent/v1/poll` (`poll.rs`): the polling transport's HTTP side, over the
 //!   [`PollHub`](crate::transport::poll::PollHub) given to [`router_with_poll`].
 //!
-//! Not served yet: `/v1/audit` (the fleet sticker audit) answers 404.
+//! - `GET /v1/audit` (`audit.rs`): the fleet sticker audit of [`crate::fleet_audit`].
 
 mod admin;
 mod agents;
+mod audit;
 mod error;
 mod extract;
 pub mod metrics;
@@ -108,7 +109,7 @@ pub async fn serve(
     Ok(())
 }
 
-/// Every route of docs/api.md (but `/v1/audit`), each counted in
+/// Every route of docs/api.md, each counted in
 /// `wharf_http_requests_total` under its template, with a polling hub of the default
 /// [`PollConfig`].
 pub fn router(state: ApiState) -> Router {
@@ -119,7 +120,7 @@ pub fn router(state: ApiState) -> Router {
 /// [`router`] with the polling sessions of `hub` (its long poll and caps).
 pub fn router_with_poll(state: ApiState, hub: Arc<PollHub>) -> Router {
     state.metrics.attach_poll(hub.clone());
-    let routes: [(&'static str, MethodRouter<ApiState>); 18] = [
+    let routes: [(&'static str, MethodRouter<ApiState>); 19] = [
         ("/healthz", get(healthz)),
         ("/metrics", get(metrics_text)),
         ("/v1/tasks", post(tasks::submit).get(tasks::list)),
@@ -135,6 +136,7 @@ pub fn router_with_poll(state: ApiState, hub: Arc<PollHub>) -> Router {
         ),
         ("/v1/tokens", post(admin::create_token).get(admin::tokens)),
         ("/v1/tokens/{id}/revoke", post(admin::revoke_token)),
+        ("/v1/audit", get(audit::audit)),
         ("/v1/audit-log", get(admin::audit_log)),
         ("/v1/audit-log/verify", get(admin::audit_verify)),
         ("/agent/v1/enroll", post(agents::enroll)),

@@ -107,6 +107,20 @@ pub enum Command {
     Compose(ComposeCommand),
     /// Core's hash-chained audit log of every change.
     AuditLog(AuditLogArgs),
+    /// Fleet audit: each target's sticker, what runs and core's record; exit 1 unless all
+    /// are ok.
+    Audit(AuditArgs),
+}
+
+/// `wharf audit [--agent A] [--wait 30s]`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only this agent's targets.
+    #[arg(long, value_name = "A")]
+    pub agent: Option<String>,
+    /// How long core waits for the agents' answers (1s to 50s; default 30s).
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
 }
 
 /// `wharf compose ...`

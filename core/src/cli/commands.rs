@@ -11,8 +11,9 @@ use wharf_protocol::{TaskPayload, Timestamp};
 use zeroize::Zeroizing;
 
 use super::args::{
-    AgentCommand, AgentTokenCommand, AuditLogArgs, AuditLogCommand, Cli, Command, ConnectionArgs,
-    DeployArgs, OutputFormat, ReadArgs, RegistryCommand, StickerCommand, TaskCommand, TokenCommand,
+    AgentCommand, AgentTokenCommand, AuditArgs, AuditLogArgs, AuditLogCommand, Cli, Command,
+    ConnectionArgs, DeployArgs, OutputFormat, ReadArgs, RegistryCommand, StickerCommand,
+    TaskCommand, TokenCommand,
 };
 use super::client::Client;
 use super::error::{InvalidInput, EXIT_FAILED, EXIT_OK};
@@ -102,7 +103,31 @@ pub async fn run(cli: Cli) -> Result<u8> {
             submit(conn, format, &req, args.wait).await
         }
         Command::AuditLog(args) => audit_log(conn, format, args).await,
+        Command::Audit(args) => audit(conn, format, args).await,
     }
+}
+
+async fn audit(conn: &ConnectionArgs, format: OutputFormat, args: AuditArgs) -> Result<u8> {
+    let mut query = Vec::new();
+    if let Some(agent) = args.agent {
+        query.push(("agent", agent));
+    }
+    if let Some(wait) = args.wait {
+        let parsed =
+            super::parse::positive_duration(&wait).map_err(|r| InvalidInput::new("--wait", r))?;
+        query.push(("wait", format!("{}ms", parsed.as_millis())));
+    }
+    let client = Client::new(conn)?;
+    let answer = client
+        .get(&["v1", "audit"], &query)
+        .await
+        .context("cannot run the fleet audit")?;
+    let rows = as_list(&answer.body);
+    let clean = rows
+        .iter()
+        .all(|r| r.get("status").and_then(Value::as_str) == Some("ok"));
+    emit(format, &answer.body, || output::fleet_audit_table(rows))?;
+    Ok(if clean { EXIT_OK } else { EXIT_FAILED })
 }
 
 async fn agent(conn: &ConnectionArgs, format: OutputFormat, cmd: AgentCommand) -> Result<u8> {

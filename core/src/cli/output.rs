@@ -140,6 +140,38 @@ pub fn audit_table(entries: &[Value]) -> String {
     table(&["SEQ", "AT", "ACTOR", "ACTION", "TARGET"], &rows)
 }
 
+/// `wharf audit`: AGENT TARGET KIND STATUS DETAIL, then a count per status.
+pub fn fleet_audit_table(rows: &[Value]) -> String {
+    if rows.is_empty() {
+        return "No targets to audit: core has no record of a successful deploy on these \
+                agents.\n"
+            .into();
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                cell(r.get("agent")),
+                cell(r.get("target")),
+                cell(r.get("kind")),
+                cell(r.get("status")).to_uppercase(),
+                cell(r.get("detail")),
+            ]
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for r in rows {
+        *counts.entry(cell(r.get("status"))).or_insert(0u32) += 1;
+    }
+    let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    format!(
+        "{}\n{} targets: {}\n",
+        table(&["AGENT", "TARGET", "KIND", "STATUS", "DETAIL"], &cells).trim_end(),
+        rows.len(),
+        summary.join(", ")
+    )
+}
+
 /// `wharf task list`: ID KIND STATE AGENT TARGET ATTEMPT UPDATED.
 pub fn tasks_table(tasks: &[TaskView]) -> String {
     let rows: Vec<Vec<String>> = tasks

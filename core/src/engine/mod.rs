@@ -200,6 +200,7 @@ struct State {
 struct Ran {
     task: TaskId,
     order: (u64, u64),
+    kind: wharf_sticker::TargetKind,
     release: wharf_sticker::Release,
     components: Vec<wharf_sticker::Component>,
 }
@@ -213,33 +214,73 @@ impl Ran {
     }
 }
 
+/// Core's record of what should run on a target: what the latest successful deploy or
+/// rollback put there (the release and components of the sticker core signed for it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedTarget {
+    /// Agent name.
+    pub agent: String,
+    /// Container name (Docker) or Compose project.
+    pub target: String,
+    /// `docker` or `compose`.
+    pub kind: wharf_sticker::TargetKind,
+    /// The task that put it there.
+    pub task: uuid::Uuid,
+    /// Its release.
+    pub release: wharf_sticker::Release,
+    /// Its components (one for a container; one per service for a project).
+    pub components: Vec<wharf_sticker::Component>,
+}
+
 /// The last two things that ran on a target.
 #[derive(Debug, Clone)]
 struct TargetHistory {
     current: Ran,
     previous: Option<Ran>,
+    /// Order of the newest task applied to this history (a Compose rollback swaps
+    /// `current` and `previous`, so it must be applied once).
+    applied: (u64, u64),
 }
 
 impl State {
     /// Records `id` as what now runs on its target if it is a successful deploy or
-    /// rollback newer than the one recorded; the one recorded becomes the previous.
+    /// rollback newer than the one recorded; the one recorded becomes the previous. A
+    /// successful Compose rollback brings back the previous lock (and the sticker core
+    /// signed for it): the recorded previous becomes the current again.
     fn note_deploy(&mut self, id: TaskId) {
         let Some(record) = self.queue.get(id) else {
             return;
         };
+        if record.state != TaskState::Succeeded {
+            return;
+        }
+        let order = (record.updated_at, record.seq);
+        let key = (record.agent.as_str().to_string(), record.target.clone());
+        if record.kind == TaskKind::ComposeRollback.as_str() {
+            if let Some(history) = self.last_deploys.get_mut(&key) {
+                if order > history.applied {
+                    if let Some(previous) = history.previous.take() {
+                        let current = std::mem::replace(&mut history.current, previous);
+                        history.previous = Some(current);
+                    }
+                    history.applied = order;
+                }
+            }
+            return;
+        }
         let deploy = record.kind == TaskKind::Deploy.as_str()
             || record.kind == TaskKind::ComposeDeploy.as_str();
         let rollback = record.kind == TaskKind::Rollback.as_str();
-        if record.state != TaskState::Succeeded || !(deploy || rollback) {
+        if !(deploy || rollback) {
             return;
         }
         let Some(ran) = self.extras.get(&id).and_then(|e| ran_of(id, record, e)) else {
             return;
         };
-        let key = (record.agent.as_str().to_string(), record.target.clone());
         match self.last_deploys.get_mut(&key) {
             Some(history) if history.current.task == id => {}
             Some(history) if ran.order > history.current.order => {
+                history.applied = history.applied.max(ran.order);
                 let current = std::mem::replace(&mut history.current, ran);
                 history.previous = Some(current);
             }
@@ -256,6 +297,7 @@ impl State {
                 self.last_deploys.insert(
                     key,
                     TargetHistory {
+                        applied: ran.order,
                         current: ran,
                         previous: None,
                     },
@@ -515,6 +557,27 @@ impl Engine {
             .map(|t| TaskView::of(&t))
     }
 
+    /// Core's record of every target (of `agent`, or of every agent): what its latest
+    /// successful deploy or rollback put there, by agent and target name.
+    pub async fn recorded_targets(&self, agent: Option<&str>) -> Vec<RecordedTarget> {
+        let state = self.state.read().await;
+        let mut out: Vec<RecordedTarget> = state
+            .last_deploys
+            .iter()
+            .filter(|((a, _), _)| agent.is_none_or(|want| want == a))
+            .map(|((a, t), h)| RecordedTarget {
+                agent: a.clone(),
+                target: t.clone(),
+                kind: h.current.kind,
+                task: h.current.task,
+                release: h.current.release.clone(),
+                components: h.current.components.clone(),
+            })
+            .collect();
+        out.sort_by(|x, y| (&x.agent, &x.target).cmp(&(&y.agent, &y.target)));
+        out
+    }
+
     /// Watches task events (state changes and progress lines) of every task; filter by
     /// [`TaskEvent::task_id`].
     pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
@@ -707,6 +770,11 @@ fn credential_images(
 /// the sticker core signed for it (a deploy without one: its image).
 fn ran_of(id: TaskId, record: &TaskRecord, extras: &TaskExtras) -> Option<Ran> {
     let order = (record.updated_at, record.seq);
+    let kind = if extras.payload.kind().is_compose() {
+        wharf_sticker::TargetKind::Compose
+    } else {
+        wharf_sticker::TargetKind::Docker
+    };
     let sticker = match &extras.payload {
         TaskPayload::Deploy(spec) => spec.sticker.as_deref(),
         TaskPayload::Rollback(spec) => spec.sticker.as_deref(),
@@ -719,6 +787,7 @@ fn ran_of(id: TaskId, record: &TaskRecord, extras: &TaskExtras) -> Option<Ran> {
         return Some(Ran {
             task: id,
             order,
+            kind,
             release: signed.sticker.release,
             components: signed.sticker.components,
         });
@@ -730,6 +799,7 @@ fn ran_of(id: TaskId, record: &TaskRecord, extras: &TaskExtras) -> Option<Ran> {
     Some(Ran {
         task: id,
         order,
+        kind,
         release: wharf_sticker::Release {
             id: non_empty(&spec.release.id, &id.to_string()),
             name: non_empty(&spec.release.name, &record.target),

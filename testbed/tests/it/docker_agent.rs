@@ -21,7 +21,7 @@ use wharf_testbed::images::APP_PORT;
 use wharf_testbed::{http, TestVersion, Testbed, TestbedOptions};
 
 /// Removes the named containers when dropped (also when a test fails).
-struct RemoveContainers(Vec<String>);
+pub(crate) struct RemoveContainers(pub(crate) Vec<String>);
 
 impl Drop for RemoveContainers {
     fn drop(&mut self) {

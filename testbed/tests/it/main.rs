@@ -1,6 +1,7 @@
 //! The testbed's integration tests, against the real Docker engine and
 //! Debian's `docker-registry` (one test binary; modules by area).
 
+mod audit;
 mod cli;
 mod compose_agent;
 mod docker_agent;
