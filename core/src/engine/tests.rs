@@ -783,6 +783,63 @@ async fn compose_deploy_carries_a_compose_sticker_per_service_and_a_bad_lock_is_
 }
 
 #[tokio::test]
+async fn a_compose_rollback_makes_the_previous_release_the_record_again_across_restarts() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let key = Arc::new(key);
+    let keyring = Keyring::from(key.verifying_key().clone());
+    let store = Arc::new(MemoryStore::new());
+    let digests = |t: &RecordedTarget| -> Vec<String> {
+        t.components.iter().map(|c| c.digest.clone()).collect()
+    };
+    let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let (first_task, second_task);
+    {
+        let engine = start(store.clone(), Some(key.clone()));
+        let mut session = engine.open_session("host-1", "quic").await.unwrap();
+        first_task = run_ok(
+            &engine,
+            &mut session,
+            &keyring,
+            compose("host-1", "shop", '1', '2'),
+        )
+        .await
+        .unwrap()
+        .task_id;
+        second_task = run_ok(
+            &engine,
+            &mut session,
+            &keyring,
+            compose("host-1", "shop", '3', '4'),
+        )
+        .await
+        .unwrap()
+        .task_id;
+        assert_ne!(first_task, second_task);
+        let targets = engine.recorded_targets(None).await;
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].task, second_task);
+        assert_eq!(targets[0].kind, wharf_sticker::TargetKind::Compose);
+        // The agent restores the kept lock and the sticker core signed for it.
+        let mut back = compose("host-1", "shop", '1', '2');
+        back.payload = TaskPayload::ComposeRollback(wharf_protocol::ComposeRollbackSpec {
+            project: "shop".into(),
+        });
+        assert!(run_ok(&engine, &mut session, &keyring, back)
+            .await
+            .is_none());
+        let targets = engine.recorded_targets(Some("host-1")).await;
+        assert_eq!(targets[0].task, first_task);
+        assert_eq!(digests(&targets[0]), [d('1'), d('2')]);
+        assert!(engine.recorded_targets(Some("host-2")).await.is_empty());
+    }
+    // Rebuilt from the store in task order: the rollback is applied once, not undone.
+    let engine = start(store, Some(key));
+    let targets = engine.recorded_targets(None).await;
+    assert_eq!(targets[0].task, first_task);
+    assert_eq!(digests(&targets[0]), [d('1'), d('2')]);
+}
+
+#[tokio::test]
 async fn rollbacks_ask_credentials_for_what_they_may_pull() {
     let (key, _) = SigningKey::generate().unwrap();
     let keyring = Keyring::from(key.verifying_key().clone());

@@ -1032,3 +1032,54 @@ fn end_to_end_against_wharf_core() {
     );
     assert_exit(&out, 2);
 }
+
+/// An audit log entry edited in the store while core was down: `wharf audit-log verify`
+/// exits 1 and names that entry; the entries before it are intact.
+#[test]
+fn a_broken_audit_log_link_is_found_and_named() {
+    use wharf_core::store::{Batch, SledStore, Store, Table};
+
+    let dir = tempfile::tempdir().unwrap();
+    let core = Core::start(dir.path());
+    for name in ["ci-1", "ci-2", "ci-3", "ci-4"] {
+        core.json(
+            &["token", "create", "--role", "deployer", "--name", name],
+            0,
+        );
+    }
+    let verified = core.json(&["audit-log", "verify"], 0);
+    assert_eq!(verified["ok"], true, "{verified}");
+    let entries = verified["entries"].as_u64().unwrap();
+    assert!(entries >= 4, "{verified}");
+    core.kill();
+
+    // Someone with access to the data dir rewrites the third entry's detail.
+    let store_dir = dir.path().join("data").join(wharf_core::app::files::STORE);
+    let edited_seq = {
+        let store = SledStore::open(&store_dir).unwrap();
+        let page = store.scan_from(Table::AuditLog, &[], 16).unwrap();
+        let (key, value) = page.get(2).cloned().expect("a third entry");
+        let mut entry: Value = serde_json::from_slice(&value).unwrap();
+        entry["detail"] = json!({"name": "nobody-saw-this"});
+        let mut batch = Batch::new();
+        batch.put(Table::AuditLog, key, serde_json::to_vec(&entry).unwrap());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(store.commit(batch)).unwrap();
+        entry["seq"].as_u64().unwrap()
+    };
+
+    let core = Core::start(dir.path());
+    let broken = core.json(&["audit-log", "verify"], 1);
+    assert_eq!(broken["ok"], false, "{broken}");
+    assert_eq!(broken["broken_at"].as_u64(), Some(edited_seq), "{broken}");
+    let out = wharf(&["audit-log", "verify"], &core.env());
+    assert_exit(&out, 1);
+    assert!(
+        stdout(&out).contains(&format!("BROKEN at entry {edited_seq}")),
+        "{}",
+        stdout(&out)
+    );
+}
