@@ -9,7 +9,8 @@
 //! 4. `wharf deploy --wait` v1, then v2 (a swap), checking what answers on the port.
 //! 5. Deploy `broken`: it fails its health check and v2 is restored.
 //! 6. `wharf sticker read` and `wharf inspect` show what runs and who put it there.
-//! 7. A tag-only reference is refused before anything is submitted (exit 2).
+//! 7. `wharf audit` checks the sticker against what runs and core's record (`ok`).
+//! 8. A tag-only reference is refused before anything is submitted (exit 2).
 //!
 //! Everything it made (containers, processes, registry, images, directories) is removed
 //! at the end, on failure, and on Ctrl-C/SIGTERM.
@@ -259,7 +260,19 @@ fn story(leftovers: &Arc<Mutex<Leftovers>>) -> Result<()> {
         bail!("inspect says {runs} runs, expected v2's digest");
     }
 
-    step("7. A tag-only reference is refused before anything is submitted");
+    step("7. The fleet audit: sticker, running image and core's record agree");
+    println!("   $ wharf audit");
+    let out = core.wharf(&["audit"])?;
+    print_indented(&String::from_utf8_lossy(&out.stdout));
+    if out.status.code() != Some(0) {
+        bail!(
+            "the audit of an untouched fleet should exit 0, got {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    step("8. A tag-only reference is refused before anything is submitted");
     let tagged = format!("{}:v1", testbed.image(TestVersion::V1).repository());
     println!("   $ wharf deploy --agent {agent_name} --target {target} --image {tagged}");
     let out = core.wharf(&[

@@ -164,8 +164,9 @@ pub fn fleet_audit_table(rows: &[Value]) -> String {
         *counts.entry(cell(r.get("status"))).or_insert(0u32) += 1;
     }
     let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let noun = if rows.len() == 1 { "target" } else { "targets" };
     format!(
-        "{}\n{} targets: {}\n",
+        "{}\n{} {noun}: {}\n",
         table(&["AGENT", "TARGET", "KIND", "STATUS", "DETAIL"], &cells).trim_end(),
         rows.len(),
         summary.join(", ")
@@ -321,6 +322,20 @@ mod tests {
     use wharf_protocol::{ErrorType, Priority, TaskKind, TaskResult};
 
     use crate::queue::TaskState;
+
+    #[test]
+    fn fleet_audit_table_has_a_row_per_target_and_counts() {
+        let row = |target: &str, status: &str| {
+            json!({"agent": "a", "target": target, "kind": "docker", "status": status,
+                   "detail": format!("{target} detail")})
+        };
+        let text = fleet_audit_table(&[row("web", "ok"), row("api", "drift"), row("db", "ok")]);
+        assert!(text.starts_with("AGENT"), "{text}");
+        assert!(text.contains("DRIFT   api detail"), "{text}");
+        assert!(text.ends_with("3 targets: 1 drift, 2 ok\n"), "{text}");
+        assert!(fleet_audit_table(&[row("web", "ok")]).ends_with("1 target: 1 ok\n"));
+        assert!(fleet_audit_table(&[]).starts_with("No targets to audit"));
+    }
 
     fn view(state: TaskState, result: Option<TaskResult>) -> TaskView {
         TaskView {
