@@ -469,70 +469,75 @@ pub async fn run(
         .iter()
         .map(|a| (a.name.as_str(), a.state.as_str()))
         .collect();
-    let mut pending = Vec::new();
-    for record in targets {
+    // Every target at once: the engine commits concurrent submits in shared rounds, and
+    // the agents answer in parallel.
+    let audits = targets.iter().map(|record| {
         let state = state_of.get(record.agent.as_str()).copied();
-        if state != Some("online") {
-            let why = match state {
-                Some("revoked") => format!("agent {} is revoked", record.agent),
-                Some(_) => format!("agent {} is offline", record.agent),
-                None => format!("agent {} is no longer enrolled", record.agent),
-            };
-            pending.push((record, None, why));
-            continue;
-        }
-        let mut ids = Vec::new();
-        let mut refused = None;
-        for payload in [TaskPayload::ReadSticker, TaskPayload::Inspect] {
-            let request = SubmitRequest {
-                agent: record.agent.clone(),
-                target: record.target.clone(),
-                payload,
-                priority: Priority::High,
-                idempotency_key: None,
-                expires_at: None,
-                expires_in: Some(DurationMs::from(wait)),
-                timeout: Some(DurationMs::from(wait)),
-                max_attempts: Some(1),
-            };
-            match engine.submit(request, actor).await {
-                Ok((_, view)) => ids.push(view.id),
-                Err(EngineError::UnknownAgent(_)) => {
-                    refused = Some(format!("agent {} is no longer enrolled", record.agent));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        match refused {
-            Some(why) => pending.push((record, None, why)),
-            None => pending.push((record, Some(ids), String::new())),
-        }
-    }
-    let mut rows = Vec::with_capacity(pending.len());
-    for (record, ids, why) in pending {
-        let observation = match ids {
-            None => Observation {
-                sticker: Answer::Missing(why.clone()),
-                inspect: Answer::Missing(why),
-                tasks: Vec::new(),
-            },
-            Some(ids) => {
-                let mut answers = Vec::new();
-                for id in &ids {
-                    answers.push(await_result(engine, *id, deadline, &record.agent).await);
-                }
-                let inspect = answers.pop().unwrap_or(Answer::Missing("no task".into()));
-                let sticker = answers.pop().unwrap_or(Answer::Missing("no task".into()));
-                Observation {
-                    sticker,
-                    inspect,
-                    tasks: ids,
+        audit_one(engine, keyring, record, state, actor, wait, deadline)
+    });
+    futures_util::future::join_all(audits)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// The row of one target whose agent is in `state` (`None`: not enrolled).
+async fn audit_one(
+    engine: &Engine,
+    keyring: &Keyring,
+    record: &RecordedTarget,
+    state: Option<&str>,
+    actor: &str,
+    wait: Duration,
+    deadline: tokio::time::Instant,
+) -> Result<AuditRow, EngineError> {
+    let missing = |why: String| Observation {
+        sticker: Answer::Missing(why.clone()),
+        inspect: Answer::Missing(why),
+        tasks: Vec::new(),
+    };
+    let gone = || format!("agent {} is no longer enrolled", record.agent);
+    let observation = match state {
+        Some("online") => {
+            let mut ids = Vec::new();
+            for payload in [TaskPayload::ReadSticker, TaskPayload::Inspect] {
+                let request = SubmitRequest {
+                    agent: record.agent.clone(),
+                    target: record.target.clone(),
+                    payload,
+                    priority: Priority::High,
+                    idempotency_key: None,
+                    expires_at: None,
+                    expires_in: Some(DurationMs::from(wait)),
+                    timeout: Some(DurationMs::from(wait)),
+                    max_attempts: Some(1),
+                };
+                match engine.submit(request, actor).await {
+                    Ok((_, view)) => ids.push(view.id),
+                    Err(EngineError::UnknownAgent(_)) => break,
+                    Err(e) => return Err(e),
                 }
             }
-        };
-        rows.push(judge(&record, &observation, keyring));
-    }
-    Ok(rows)
+            match ids[..] {
+                [sticker, inspect] => {
+                    let (s, i) = tokio::join!(
+                        await_result(engine, sticker, deadline, &record.agent),
+                        await_result(engine, inspect, deadline, &record.agent)
+                    );
+                    Observation {
+                        sticker: s,
+                        inspect: i,
+                        tasks: ids,
+                    }
+                }
+                _ => missing(gone()),
+            }
+        }
+        Some("revoked") => missing(format!("agent {} is revoked", record.agent)),
+        Some(_) => missing(format!("agent {} is offline", record.agent)),
+        None => missing(gone()),
+    };
+    Ok(judge(record, &observation, keyring))
 }
 
 /// The result of task `id` once it is terminal, or why there is none by `deadline`.
