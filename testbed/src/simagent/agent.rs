@@ -1449,6 +1449,7 @@ fn succeed(shared: &Shared, task: &AgentTask, started_at: Timestamp) -> TaskResu
         TaskPayload::Inspect => {
             let exists = target.image.is_some();
             out.insert("exists".into(), exists.to_string());
+            out.insert("running".into(), exists.to_string());
             out.insert(
                 "state".into(),
                 if exists { "running" } else { "missing" }.into(),

@@ -267,4 +267,15 @@ impl CoreApi {
     pub async fn agents(&self) -> Result<Vec<serde_json::Value>, ApiError> {
         self.call("GET", "/v1/agents", None).await.map(|(_, v)| v)
     }
+
+    /// `GET /v1/audit?QUERY` (e.g. `wait=2s`): the fleet audit's rows, as JSON values.
+    ///
+    /// # Errors
+    ///
+    /// Core refused or did not answer.
+    pub async fn audit(&self, query: &str) -> Result<Vec<serde_json::Value>, ApiError> {
+        self.call("GET", &format!("/v1/audit?{query}"), None)
+            .await
+            .map(|(_, v)| v)
+    }
 }

@@ -867,3 +867,59 @@ async fn kill_9_of_core_during_submissions_loses_no_acknowledged_task_and_runs_n
     );
     assert_eq!(stats.executions as usize, per_task.len());
 }
+
+/// The audit's deadline: a target whose agent is online but does not answer within
+/// `wait` is `unreachable`, naming the task still pending; the agent that answers is
+/// judged on its answer (`ok`); the whole audit takes about `wait`, not longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_does_not_answer_in_time_is_unreachable_and_the_others_are_judged() {
+    let (_data, core, api) = real_core().await;
+    let mut agents = Vec::new();
+    for name in ["sim-audit-quick", "sim-audit-slow"] {
+        let grant = api.create_enroll_token(name, None).await.unwrap();
+        let enrolled = SimAgent::enroll(&core.addr(), &grant.token, &grant.ca_hash, name)
+            .await
+            .expect("enrolls");
+        let agent = SimAgent::connect_with(
+            &enrolled,
+            &core.addr(),
+            Behaviour::succeed(),
+            no_reconnect(),
+        )
+        .await
+        .expect("connects");
+        let submitted = api
+            .submit(&deploy_request(name, "web", 3, None))
+            .await
+            .unwrap();
+        wait_state(&api, submitted.task.id, TaskState::Succeeded).await;
+        agents.push(agent);
+    }
+    agents[1].set_behaviour(Behaviour::succeed().with_delay(Duration::from_secs(30)));
+    let begun = Instant::now();
+    let rows = api.audit("wait=2s").await.unwrap();
+    let took = begun.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let row = |agent: &str| {
+        rows.iter()
+            .find(|r| r["agent"] == agent)
+            .unwrap_or_else(|| panic!("no row of {agent}: {rows:?}"))
+    };
+    let quick = row("sim-audit-quick");
+    assert_eq!(quick["status"], "ok", "{quick}");
+    let slow = row("sim-audit-slow");
+    assert_eq!(slow["status"], "unreachable", "{slow}");
+    assert!(
+        slow["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer in time"),
+        "{slow}"
+    );
+    // A bad `wait` is refused.
+    let err = api.audit("wait=5m").await.unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    for agent in agents {
+        agent.shutdown().await;
+    }
+}
