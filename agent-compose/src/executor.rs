@@ -21,9 +21,9 @@ use wharf_agent_docker::docker::{fault, ContainerHealth};
 use wharf_agent_docker::runtime::executor::never_started;
 use wharf_agent_docker::runtime::hooks::{check_hooks, hook_capabilities, run_hook};
 use wharf_agent_docker::runtime::{Executor, TaskContext};
+use wharf_hooks::{HookInput, HookRunner, Phase};
 use wharf_protocol::compose::{check_expected, is_compose_file_name, ComposeLock};
 use wharf_protocol::seal::RegistryCredentials;
-use wharf_hooks::{HookInput, HookRunner, Phase};
 use wharf_protocol::{
     capability, AgentTask, ComposeDeploySpec, ErrorType, ImageRef, TaskMetrics, TaskPayload,
     TaskResult, Timestamp,

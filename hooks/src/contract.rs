@@ -139,7 +139,10 @@ mod tests {
         for key in ["release", "image", "digest"] {
             assert!(v.get(key).is_some(), "{key}");
         }
-        assert!(v.get("services").is_none(), "no Compose maps for a container");
+        assert!(
+            v.get("services").is_none(),
+            "no Compose maps for a container"
+        );
 
         let compose = HookInput {
             services: BTreeMap::from([("web".into(), "r/x@sha256:aa".into())]),

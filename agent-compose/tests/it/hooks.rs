@@ -118,12 +118,11 @@ fn hook_containers(project: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits up to 30 s until `project` has hook containers (`present`) or none; whether it
-/// came to that.
-async fn await_hook_containers(project: &str, present: bool) -> bool {
+/// Waits up to 30 s until `project` has a hook container; whether it came to that.
+async fn await_hook_container(project: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if hook_containers(project).is_empty() != present {
+        if !hook_containers(project).is_empty() {
             return true;
         }
         if Instant::now() >= deadline {
@@ -222,12 +221,18 @@ async fn hooks_gate_compose_deploys() {
     );
     assert_eq!(r.outputs["pre_hook.ok"], "false");
     assert!(
-        r.logs.iter().any(|l| l.starts_with("pre-deploy: testhook:")),
+        r.logs
+            .iter()
+            .any(|l| l.starts_with("pre-deploy: testhook:")),
         "{:?}",
         r.logs
     );
     assert_eq!(snapshot(&dir), files, "pre-hook failure changed files");
-    assert_eq!(container_ids(&project), ids, "pre-hook failure changed containers");
+    assert_eq!(
+        container_ids(&project),
+        ids,
+        "pre-hook failure changed containers"
+    );
     assert_eq!(versions(&project, "web"), vec!["v1".to_owned()]);
 
     // A host-command hook on an agent without --allow-host-hooks: refused, unchanged.
@@ -270,18 +275,18 @@ async fn hooks_gate_compose_deploys() {
         lock1
     );
 
-    // A crash during the post-deploy hook (the run is dropped while the hook hangs): the
-    // agent resumes from the checkpoint, runs the hook again and completes.
+    // A crash during the post-deploy hook: the run is frozen (never polled again, nothing
+    // of it cleans up, as after a kill -9) while its hook hangs; the agent resumes from the
+    // checkpoint, removes the left-over hook container, runs the hook again and completes.
     let mut hang = test_hook(&images, &["hang"]);
     hang.timeout = DurationMs::from_secs(120);
     let t = deploy(&key, &project, lock2.clone(), "2", None, Some(hang));
     let sink = Arc::new(MemorySink::default());
     let mut c = context(Some(creds(&images.bed)), sink.clone());
-    let running = exec.execute(t.clone(), c.ctx);
-    tokio::pin!(running);
+    let mut frozen = Box::pin(exec.execute(t.clone(), c.ctx));
     loop {
         tokio::select! {
-            r = &mut running => panic!("the deploy ended before its post-deploy hook: {r:?}"),
+            r = &mut frozen => panic!("the deploy ended before its post-deploy hook: {r:?}"),
             line = c._progress.recv() => {
                 let line = line.expect("progress");
                 if line.step == "post-deploy" && line.line.contains("running the") {
@@ -290,14 +295,15 @@ async fn hooks_gate_compose_deploys() {
             }
         }
     }
-    // Let the hook container start (the run goes on meanwhile), then "kill" the agent.
+    // Let the hook container start (the run goes on meanwhile), then freeze the run.
     tokio::select! {
-        r = &mut running => panic!("the deploy ended during its hanging hook: {r:?}"),
-        started = await_hook_containers(&project, true) => assert!(started, "no hook container"),
+        r = &mut frozen => panic!("the deploy ended during its hanging hook: {r:?}"),
+        started = await_hook_container(&project) => assert!(started, "no hook container"),
     }
-    drop(running);
     let checkpoint = sink.states.lock().unwrap().last().cloned().unwrap();
     assert_eq!(checkpoint_step(&checkpoint).as_deref(), Some("post-hook"));
+    let left = hook_containers(&project);
+    assert_eq!(left.len(), 1, "the killed run's hook container: {left:?}");
     let mut resumed = t.clone();
     if let TaskPayload::ComposeDeploy(spec) = &mut resumed.payload {
         spec.post_hook = Some(test_hook(&images, &["pass"]));
@@ -312,8 +318,9 @@ async fn hooks_gate_compose_deploys() {
         lock2
     );
     assert!(
-        await_hook_containers(&project, false).await,
+        hook_containers(&project).is_empty(),
         "hook containers left: {:?}",
         hook_containers(&project)
     );
+    drop(frozen);
 }

@@ -7,8 +7,8 @@ use std::time::Instant as StdInstant;
 use tokio::time::Instant;
 use wharf_hooks::{HookInput, HookRunner, Phase};
 use wharf_protocol::{
-    AgentTask, DeploySpec, Digest, ErrorType, HookSpec, ImageRef, TaskMetrics,
-    TaskResult, Timestamp,
+    AgentTask, DeploySpec, Digest, ErrorType, HookSpec, ImageRef, TaskMetrics, TaskResult,
+    Timestamp,
 };
 
 use super::api::{ContainerInfo, CreateSpec, DockerApi, DockerError};

@@ -221,7 +221,10 @@ fn hooks_text(outputs: &std::collections::BTreeMap<String, String>) -> Vec<Strin
             .filter(|m| !m.is_empty())
             .map(|m| format!(": {}", m.lines().next().unwrap_or_default()))
             .unwrap_or_default();
-        lines.push(format!("{:<14}{verdict}{took}{message}", format!("{name}:")));
+        lines.push(format!(
+            "{:<14}{verdict}{took}{message}",
+            format!("{name}:")
+        ));
     }
     lines
 }
@@ -472,11 +475,17 @@ mod tests {
             r.rolled_back = true;
             r.outputs = BTreeMap::from([
                 ("pre_hook.ok".to_owned(), "true".to_owned()),
-                ("pre_hook.message".to_owned(), "schema is current".to_owned()),
+                (
+                    "pre_hook.message".to_owned(),
+                    "schema is current".to_owned(),
+                ),
                 ("pre_hook.duration_ms".to_owned(), "812".to_owned()),
                 ("pre_hook.output.rows".to_owned(), "3".to_owned()),
                 ("post_hook.ok".to_owned(), "false".to_owned()),
-                ("post_hook.message".to_owned(), "smoke test: 502\nmore".to_owned()),
+                (
+                    "post_hook.message".to_owned(),
+                    "smoke test: 502\nmore".to_owned(),
+                ),
                 ("post_hook.duration_ms".to_owned(), "40".to_owned()),
             ]);
             let mut v = view(TaskState::Failed, Some(r));

@@ -1374,7 +1374,11 @@ timeout: 15m
         let dir = tempfile::tempdir().unwrap();
         let lock = dir.path().join("lock.yml");
         let over = dir.path().join("override.yml");
-        std::fs::write(&lock, format!("services:\n  web:\n    image: r/web@sha256:{D}\n")).unwrap();
+        std::fs::write(
+            &lock,
+            format!("services:\n  web:\n    image: r/web@sha256:{D}\n"),
+        )
+        .unwrap();
         std::fs::write(&over, "services:\n  web:\n    environment: {A: b}\n").unwrap();
         let pre = format!("hooks/migrate@sha256:{D}");
         let post = format!("hooks/smoke@sha256:{D}");
@@ -1400,8 +1404,8 @@ timeout: 15m
             ("--post-hook", "hooks/smoke"),
             ("--post-hook", "hooks/smoke@sha256:abc"),
         ] {
-            let err = compose_deploy_request(&compose_args(&lock, &over, &[flag, value]))
-                .unwrap_err();
+            let err =
+                compose_deploy_request(&compose_args(&lock, &over, &[flag, value])).unwrap_err();
             assert_eq!(err.what, flag, "{err}");
             assert!(err.reason.contains("sha256"), "{err}");
         }

@@ -157,7 +157,11 @@ fn unpinned_hooks_exit_2_without_contacting_core() {
     let env = [("WHARF_URL", url.as_str()), ("WHARF_TOKEN", "t")];
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("compose.lock.yml");
-    std::fs::write(&lock, format!("services:\n  web:\n    image: {}\n", image())).unwrap();
+    std::fs::write(
+        &lock,
+        format!("services:\n  web:\n    image: {}\n", image()),
+    )
+    .unwrap();
     let img = image();
     let deploy = ["deploy", "--agent", "a", "--target", "web", "--image", &img];
     let compose = [

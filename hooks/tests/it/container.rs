@@ -234,7 +234,10 @@ async fn hook_host_config(docker: &bollard::Docker, target: &str) -> bollard::mo
     loop {
         if let Some(id) = hook_containers(target).first() {
             let info = docker
-                .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+                .inspect_container(
+                    id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
                 .await
                 .expect("inspect the hook container");
             if info.state.and_then(|s| s.running) == Some(true) {

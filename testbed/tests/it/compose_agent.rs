@@ -242,11 +242,7 @@ fn compose_deploy_upgrade_broken_restored_refusals_rollback_and_no_secret_anywhe
     let sticker_before = std::fs::read(&sticker_path).unwrap();
     let ids_before = project_containers(&project).unwrap();
     let lock1 = fleet.lock(TestVersion::V1, TestVersion::V1);
-    let (code, pre) = fleet.deploy(
-        &project,
-        &lock1,
-        &["--pre-hook", &failing_hook, "--wait"],
-    );
+    let (code, pre) = fleet.deploy(&project, &lock1, &["--pre-hook", &failing_hook, "--wait"]);
     assert_eq!(code, Some(1), "{pre}");
     assert_eq!(*result(&pre, "error_type"), "hook-failed", "{pre}");
     assert_eq!(*result(&pre, "rolled_back"), false, "{pre}");
@@ -260,11 +256,7 @@ fn compose_deploy_upgrade_broken_restored_refusals_rollback_and_no_secret_anywhe
     fleet.runs_release(&project, TestVersion::V2).unwrap();
 
     // A failing post-deploy hook: v1 ran, the whole v2 release is back.
-    let (code, post) = fleet.deploy(
-        &project,
-        &lock1,
-        &["--post-hook", &failing_hook, "--wait"],
-    );
+    let (code, post) = fleet.deploy(&project, &lock1, &["--post-hook", &failing_hook, "--wait"]);
     assert_eq!(code, Some(1), "{post}");
     assert_eq!(*result(&post, "error_type"), "hook-failed", "{post}");
     assert_eq!(*result(&post, "rolled_back"), true, "{post}");

@@ -367,7 +367,9 @@ fn hook_chapter(
             "testhook pass ran",
             "{shown}"
         );
-        let ms = outputs[format!("{phase}.duration_ms")].as_str().unwrap_or("");
+        let ms = outputs[format!("{phase}.duration_ms")]
+            .as_str()
+            .unwrap_or("");
         assert!(ms.parse::<u64>().is_ok(), "{phase} duration: {shown}");
         assert_eq!(outputs[format!("{phase}.output.target")], target, "{shown}");
     }
@@ -399,7 +401,10 @@ fn hook_chapter(
         "{pre}"
     );
     let (running, _, id_after) = container(target).unwrap();
-    assert!(running && id_after == v2_id, "the pre-hook failure changed the target");
+    assert!(
+        running && id_after == v2_id,
+        "the pre-hook failure changed the target"
+    );
     assert_eq!(version_on(port).as_deref(), Some("v2"));
 
     let (code, post) = fleet.deploy(
