@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wharf_agent_compose::{checkpoint_step, CliHost, ComposeExecutor, ComposeExecutorConfig};
-use wharf_agent_docker::docker::BollardDocker;
+use wharf_agent_compose::{checkpoint_step, CliHost, ComposeExecutor};
 use wharf_agent_docker::runtime::Executor;
 use wharf_protocol::{
     AgentTask, ComposeDeploySpec, DurationMs, ErrorType, HookSpec, ReleaseInfo, TaskPayload,
@@ -19,16 +18,6 @@ use wharf_sticker::{Component, Release, SigningKey, Sticker, Target, TargetKind}
 use wharf_testbed::{PinnedRef, TestVersion};
 
 use crate::support::*;
-
-async fn executor(root: &std::path::Path) -> ComposeExecutor<CliHost> {
-    let tool = wharf_agent_compose::ComposeTool::detect()
-        .await
-        .expect("a Compose tool on this host");
-    let docker = BollardDocker::connect(None).await.expect("docker");
-    let hooks = wharf_hooks::Hooks::new(docker.client().clone(), false);
-    ComposeExecutor::new(CliHost::new(tool, docker), ComposeExecutorConfig::new(root))
-        .with_hooks(Arc::new(hooks))
-}
 
 fn test_hook(images: &Images, args: &[&str]) -> HookSpec {
     let mut h = HookSpec::image(images.bed.hook_image().to_string());
@@ -107,15 +96,7 @@ fn one(web: &PinnedRef) -> String {
 
 /// The hook containers Docker has for `project`.
 fn hook_containers(project: &str) -> Vec<String> {
-    let out = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=wharf.hook.target={project}"))
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
+    wharf_testbed::docker::hook_containers(project).expect("docker ps")
 }
 
 /// Waits up to 30 s until `project` has a hook container; whether it came to that.
@@ -138,7 +119,7 @@ async fn hooks_gate_compose_deploys() {
     let root = tempfile::tempdir().unwrap();
     let project = format!("wharfhk{}", wharf_testbed::unique_suffix());
     let _guard = ProjectGuard(project.clone());
-    let exec = executor(root.path()).await;
+    let exec = executor(root.path(), true).await;
     let caps = exec.capabilities();
     assert!(caps.contains(&"hooks".to_owned()), "{caps:?}");
     assert!(!caps.contains(&"host-hooks".to_owned()), "{caps:?}");

@@ -38,15 +38,7 @@ fn credentials(bed: &Testbed) -> RegistryCredentials {
 
 /// Hook containers of `target`, running or not.
 fn hook_containers(target: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=wharf.hook.target={target}"))
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    wharf_testbed::docker::hook_containers(target).expect("docker ps")
 }
 
 /// Removes any hook container of the target left behind, even if the test fails.
