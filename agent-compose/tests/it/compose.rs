@@ -54,7 +54,7 @@ async fn deploy_upgrade_refusals_broken_restored_and_rollback() {
     let root = tempfile::tempdir().unwrap();
     let project = format!("wharfit{}", wharf_testbed::unique_suffix());
     let _guard = ProjectGuard(project.clone());
-    let exec = executor(root.path(), false).await;
+    let exec = executor(root.path(), false, false).await;
     let caps = exec.capabilities();
     assert!(caps.contains(&"compose".to_string()), "{caps:?}");
     assert!(caps.iter().any(|c| c.starts_with("compose-v")), "{caps:?}");

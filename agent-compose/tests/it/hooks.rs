@@ -1,8 +1,8 @@
 //! Pre- and post-deploy hooks of Compose deploys, with the testbed's `wharf/testhook` image
 //! on the real engine and Compose tool: a failed first deploy taken down, a passing pair
 //! with its outputs, a failed pre-hook changing nothing (files, sticker, containers), a
-//! refused host hook, a failed post-hook restoring the previous release, and a hook step
-//! cut off by a crash taken again on resume.
+//! refused host hook, a failed post-hook restoring the previous release, a hook step cut
+//! off by a crash taken again on resume, and a host hook run with `--allow-host-hooks`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -119,7 +119,7 @@ async fn hooks_gate_compose_deploys() {
     let root = tempfile::tempdir().unwrap();
     let project = format!("wharfhk{}", wharf_testbed::unique_suffix());
     let _guard = ProjectGuard(project.clone());
-    let exec = executor(root.path(), true).await;
+    let exec = executor(root.path(), true, false).await;
     let caps = exec.capabilities();
     assert!(caps.contains(&"hooks".to_owned()), "{caps:?}");
     assert!(!caps.contains(&"host-hooks".to_owned()), "{caps:?}");
@@ -304,4 +304,22 @@ async fn hooks_gate_compose_deploys() {
         hook_containers(&project)
     );
     drop(frozen);
+
+    // An agent started with --allow-host-hooks runs a host command as a hook.
+    let exec = executor(root.path(), true, true).await;
+    assert!(exec.capabilities().contains(&"host-hooks".to_owned()));
+    let host = HookSpec::host_command(vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        r#"cat >/dev/null; echo '{"ok": true, "message": "host hook ran"}'"#.into(),
+    ]);
+    let r = run(
+        &exec,
+        &images,
+        deploy(&key, &project, lock1.clone(), "1", Some(host), None),
+    )
+    .await;
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.outputs["pre_hook.message"], "host hook ran", "{r:?}");
+    assert_eq!(versions(&project, "web"), vec!["v1".to_owned()]);
 }

@@ -15,10 +15,11 @@ pub const USER: &str = "wharf";
 pub const PASSWORD: &str = "compose-s3cret-pw";
 
 /// The executor over this host's Compose tool and engine, with container hooks when
-/// `hooks` (host-command hooks are not allowed).
+/// `hooks`, and host-command hooks too when `allow_host_hooks`.
 pub async fn executor(
     root: &Path,
     hooks: bool,
+    allow_host_hooks: bool,
 ) -> wharf_agent_compose::ComposeExecutor<wharf_agent_compose::CliHost> {
     let tool = wharf_agent_compose::ComposeTool::detect()
         .await
@@ -26,7 +27,7 @@ pub async fn executor(
     let docker = wharf_agent_docker::docker::BollardDocker::connect(None)
         .await
         .expect("docker");
-    let runner = wharf_hooks::Hooks::new(docker.client().clone(), false);
+    let runner = wharf_hooks::Hooks::new(docker.client().clone(), allow_host_hooks);
     let exec = wharf_agent_compose::ComposeExecutor::new(
         wharf_agent_compose::CliHost::new(tool, docker),
         wharf_agent_compose::ComposeExecutorConfig::new(root),
