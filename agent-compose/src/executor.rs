@@ -1,21 +1,27 @@
 //! The Compose executor: the [`Executor`] of the Compose agent (capabilities `compose`
-//! and `compose-v1`/`compose-v2`). A task's target is the Compose project.
+//! and `compose-v1`/`compose-v2`, and `hooks`/`host-hooks` with a hook runner). A task's
+//! target is the Compose project.
 //!
-//! `compose-deploy` and `compose-rollback` refuse bad input before anything changes,
-//! then drive [`ComposePlan`], checkpointing the plan (and what resume needs) through
-//! [`TaskContext::checkpoint`] before every step. `inspect`, `health-check`,
+//! `compose-deploy` and `compose-rollback` refuse bad input before anything changes
+//! (hooks included: no runner, or a host command without `--allow-host-hooks`), then
+//! drive [`ComposePlan`], checkpointing the plan (and what resume needs) through
+//! [`TaskContext::checkpoint`] before every step. Hooks run through the runtime's shared
+//! [`wharf_agent_docker::runtime::hooks`], so their result keys are the Docker agent's. `inspect`, `health-check`,
 //! `read-sticker` and `write-sticker` read or write one project.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use wharf_agent_docker::docker::{fault, ContainerHealth};
 use wharf_agent_docker::runtime::executor::never_started;
+use wharf_agent_docker::runtime::hooks::{check_hooks, hook_capabilities, run_hook};
 use wharf_agent_docker::runtime::{Executor, TaskContext};
+use wharf_hooks::{HookInput, HookRunner, Phase};
 use wharf_protocol::compose::{check_expected, is_compose_file_name, ComposeLock};
 use wharf_protocol::seal::RegistryCredentials;
 use wharf_protocol::{
@@ -26,7 +32,7 @@ use zeroize::Zeroizing;
 
 use crate::files::{self, Manifest, ProjectDir, LOCK_FILE, MANIFEST_SCHEMA};
 use crate::host::{ComposeHost, HostError, ProjectFiles, ServiceContainer};
-use crate::plan::{ComposePlan, Next, Outcome, Step};
+use crate::plan::{ComposePlan, HookSteps, Next, Outcome, Step};
 
 /// How many log lines of each failed service go into [`TaskResult::logs`] by default.
 pub const DEFAULT_LOG_LINES: usize = 50;
@@ -65,6 +71,7 @@ impl ComposeExecutorConfig {
 pub struct ComposeExecutor<H> {
     host: H,
     config: ComposeExecutorConfig,
+    hooks: Option<Arc<dyn HookRunner>>,
 }
 
 /// Why a task stopped early.
@@ -104,6 +111,15 @@ struct Journal {
     failing: Vec<String>,
     logs: Vec<String>,
     metrics: TaskMetrics,
+    /// The pinned image per service of the release that ran before (the hooks' input).
+    #[serde(default)]
+    previous_images: BTreeMap<String, String>,
+    /// The hooks' result outputs (`pre_hook.ok`, ...), for the task result.
+    #[serde(default)]
+    hook_outputs: BTreeMap<String, String>,
+    /// The hooks' last output lines, prefixed with the phase.
+    #[serde(default)]
+    hook_logs: Vec<String>,
 }
 
 const JOURNAL_VERSION: u32 = 1;
@@ -236,14 +252,6 @@ fn validate_deploy(task: &AgentTask, spec: &ComposeDeploySpec) -> Result<Release
             "the task's project `{}` is not its target `{}`",
             spec.project, task.target
         )));
-    }
-    if spec.pre_hook.is_some() || spec.post_hook.is_some() {
-        return Err(StepError(
-            ErrorType::Unsupported,
-            "pre- and post-deploy hooks are not supported by the Compose agent yet; remove \
-             them from the deploy; nothing was changed"
-                .into(),
-        ));
     }
     if spec.files.len() > files::MAX_EXTRA_FILES {
         return Err(invalid(format!(
@@ -421,9 +429,20 @@ fn judge(images: &BTreeMap<String, String>, containers: &[ServiceContainer]) -> 
 }
 
 impl<H: ComposeHost> ComposeExecutor<H> {
-    /// An executor over `host`.
+    /// An executor over `host`, without a hook runner (a deploy with a hook is refused
+    /// before anything changes).
     pub fn new(host: H, config: ComposeExecutorConfig) -> Self {
-        ComposeExecutor { host, config }
+        ComposeExecutor {
+            host,
+            config,
+            hooks: None,
+        }
+    }
+
+    /// The same executor running pre- and post-deploy hooks with `hooks`.
+    pub fn with_hooks(mut self, hooks: Arc<dyn HookRunner>) -> Self {
+        self.hooks = Some(hooks);
+        self
     }
 
     /// The host.
@@ -460,6 +479,17 @@ impl<H: ComposeHost> ComposeExecutor<H> {
             Ok(r) => r,
             Err(StepError(kind, msg)) => return failed(task, started_at, kind, msg),
         };
+        if let Err(e) = check_hooks(
+            self.hooks.as_deref(),
+            spec.pre_hook.as_ref(),
+            spec.post_hook.as_ref(),
+        ) {
+            return failed(task, started_at, e.kind, e.message);
+        }
+        let hooks = HookSteps {
+            pre: spec.pre_hook.is_some(),
+            post: spec.post_hook.is_some(),
+        };
         let health = if spec.health_timeout.as_millis() == 0 {
             self.config.health_timeout
         } else {
@@ -471,6 +501,7 @@ impl<H: ComposeHost> ComposeExecutor<H> {
             release.manifest,
             spec.sticker.clone(),
             health,
+            hooks,
             ctx,
             started_at,
         )
@@ -534,6 +565,7 @@ impl<H: ComposeHost> ComposeExecutor<H> {
             copy.manifest,
             sticker,
             self.config.health_timeout,
+            HookSteps::NONE,
             ctx,
             started_at,
         )
@@ -548,11 +580,12 @@ impl<H: ComposeHost> ComposeExecutor<H> {
         manifest: Manifest,
         sticker: Option<String>,
         health: Duration,
+        hooks: HookSteps,
         ctx: &TaskContext,
         started_at: Timestamp,
     ) -> TaskResult {
-        let had_current = match self.project(&task.target).current() {
-            Ok(c) => c.is_some(),
+        let current = match self.project(&task.target).current() {
+            Ok(c) => c,
             Err(e) => {
                 return failed(
                     task,
@@ -565,7 +598,7 @@ impl<H: ComposeHost> ComposeExecutor<H> {
         let journal = Journal {
             version: JOURNAL_VERSION,
             op,
-            plan: ComposePlan::new(had_current),
+            plan: ComposePlan::new(current.is_some(), hooks),
             started_at,
             manifest,
             health_timeout_ms: ms(health).unwrap_or(u64::MAX),
@@ -576,6 +609,9 @@ impl<H: ComposeHost> ComposeExecutor<H> {
             failing: Vec::new(),
             logs: Vec::new(),
             metrics: TaskMetrics::default(),
+            previous_images: current.map(|m| m.images).unwrap_or_default(),
+            hook_outputs: BTreeMap::new(),
+            hook_logs: Vec::new(),
         };
         self.drive(task, journal, ctx).await
     }
@@ -768,6 +804,7 @@ impl<H: ComposeHost> ComposeExecutor<H> {
                 }
                 Ok(())
             }
+            Step::PreHook | Step::PostHook => self.hook_step(task, step, journal, ctx).await,
             Step::Up => {
                 ctx.progress(
                     step.as_str(),
@@ -845,6 +882,53 @@ impl<H: ComposeHost> ComposeExecutor<H> {
             }
             Step::DiscardKept => dir.discard_kept().map_err(internal),
         }
+    }
+
+    /// Runs the deploy's pre- or post-deploy hook (from the task, also on resume), keeping
+    /// its outputs and last lines in the journal for the result.
+    async fn hook_step(
+        &self,
+        task: &AgentTask,
+        step: Step,
+        journal: &mut Journal,
+        ctx: &TaskContext,
+    ) -> Result<(), StepError> {
+        let TaskPayload::ComposeDeploy(spec) = &task.payload else {
+            return Err(StepError(
+                ErrorType::Internal,
+                "hook steps belong to a compose-deploy".into(),
+            ));
+        };
+        let (phase, hook) = if step == Step::PreHook {
+            (Phase::PreDeploy, spec.pre_hook.as_ref())
+        } else {
+            (Phase::PostDeploy, spec.post_hook.as_ref())
+        };
+        let Some(hook) = hook else {
+            return Ok(());
+        };
+        let input = HookInput {
+            phase,
+            target: task.target.clone(),
+            release: journal.manifest.release.clone(),
+            image: String::new(),
+            digest: String::new(),
+            previous: None,
+            services: journal.manifest.images.clone(),
+            previous_services: journal.previous_images.clone(),
+        };
+        // A hook run cut off by a kill left outputs of its own phase: this run replaces them.
+        let prefix = format!("{}.", phase.output_prefix());
+        journal.hook_outputs.retain(|k, _| !k.starts_with(&prefix));
+        let (record, result) = run_hook(self.hooks.as_deref(), hook, &input, ctx).await;
+        journal.hook_outputs.extend(record.outputs);
+        journal.hook_logs.extend(record.logs);
+        result.map_err(|e| {
+            if e.is_cancel() {
+                journal.stop.get_or_insert(StopReason::Cancelled);
+            }
+            StepError(e.kind, e.message)
+        })
     }
 
     /// Waits until every service runs its pinned image, running and healthy; fails early
@@ -940,6 +1024,7 @@ impl<H: ComposeHost> ComposeExecutor<H> {
             r
         };
         r.logs = journal.logs.clone();
+        r.logs.extend(journal.hook_logs.iter().cloned());
         if outcome.is_success() && journal.plan.promote_failed() {
             r.logs.push(format!(
                 "warning: the rollback copy could not be updated ({})",
@@ -947,6 +1032,7 @@ impl<H: ComposeHost> ComposeExecutor<H> {
             ));
         }
         r.metrics = journal.metrics;
+        r.outputs.extend(journal.hook_outputs.clone());
         r.outputs
             .insert("tool".into(), self.host.tool().command().into());
         r.outputs.insert(
@@ -1120,10 +1206,12 @@ impl<H: ComposeHost> ComposeExecutor<H> {
 
 impl<H: ComposeHost> Executor for ComposeExecutor<H> {
     fn capabilities(&self) -> Vec<String> {
-        vec![
+        let mut caps = vec![
             capability::COMPOSE.to_owned(),
             self.host.tool().capability().to_owned(),
-        ]
+        ];
+        caps.extend(hook_capabilities(self.hooks.as_deref()));
+        caps
     }
 
     async fn execute(&self, task: AgentTask, ctx: TaskContext) -> TaskResult {

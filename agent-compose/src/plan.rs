@@ -7,13 +7,14 @@
 //!
 //! Forward path: `keep-current` (copy the running release's files as the rollback copy)
 //! → `write-files` (the new lock and files, each atomically) → `pull` → `verify-digests`
-//! → `up` (`up -d --remove-orphans --force-recreate`) → `wait-healthy` → `write-sticker`
-//! → `promote` (the kept copy becomes the project's rollback copy).
+//! → `pre-hook` (only with a pre-deploy hook) → `up` (`up -d --remove-orphans
+//! --force-recreate`) → `wait-healthy` → `post-hook` (only with a post-deploy hook) →
+//! `write-sticker` → `promote` (the kept copy becomes the project's rollback copy).
 //!
 //! A failure (or a cancel/timeout, see [`ComposePlan::stop`]) turns the plan to the
 //! restore path:
-//! - before anything ran (`keep-current`, `write-files`, `pull`, `verify-digests`): the
-//!   previous files are put back (`restore-files`), nothing else changed;
+//! - before anything ran (`keep-current`, `write-files`, `pull`, `verify-digests`,
+//!   `pre-hook`): the previous files are put back (`restore-files`), nothing else changed;
 //! - from `up` on, with a previous release: `collect-logs` → `restore-files` →
 //!   `up-previous` → `wait-previous-healthy`: the whole previous release is back;
 //! - from `up` on, on a first deploy: `collect-logs` → `down` → `restore-files` (removes
@@ -35,10 +36,15 @@ pub enum Step {
     Pull,
     /// Check that every pulled image carries the expected digest.
     VerifyDigests,
+    /// Run the pre-deploy hook (before anything runs; its failure changes nothing).
+    PreHook,
     /// `up -d --remove-orphans --force-recreate`.
     Up,
     /// Wait until every service's containers run the expected digest and are healthy.
     WaitHealthy,
+    /// Run the post-deploy hook (the new release is healthy; its failure restores the
+    /// previous one).
+    PostHook,
     /// Write the signed sticker.
     WriteSticker,
     /// Make the kept copy the project's rollback copy.
@@ -65,8 +71,10 @@ impl Step {
             Step::WriteFiles => "write-files",
             Step::Pull => "pull",
             Step::VerifyDigests => "verify-digests",
+            Step::PreHook => "pre-hook",
             Step::Up => "up",
             Step::WaitHealthy => "wait-healthy",
+            Step::PostHook => "post-hook",
             Step::WriteSticker => "write-sticker",
             Step::Promote => "promote",
             Step::CollectLogs => "collect-logs",
@@ -79,13 +87,15 @@ impl Step {
     }
 
     /// Every step, forward path first.
-    pub const ALL: [Step; 14] = [
+    pub const ALL: [Step; 16] = [
         Step::KeepCurrent,
         Step::WriteFiles,
         Step::Pull,
         Step::VerifyDigests,
+        Step::PreHook,
         Step::Up,
         Step::WaitHealthy,
+        Step::PostHook,
         Step::WriteSticker,
         Step::Promote,
         Step::CollectLogs,
@@ -149,6 +159,23 @@ pub enum Next {
     Done(Outcome),
 }
 
+/// Which hook steps a deploy has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookSteps {
+    /// A pre-deploy hook runs after `verify-digests`, before `up`.
+    pub pre: bool,
+    /// A post-deploy hook runs after `wait-healthy`, before `write-sticker`.
+    pub post: bool,
+}
+
+impl HookSteps {
+    /// No hooks (a rollback, a deploy without hooks).
+    pub const NONE: HookSteps = HookSteps {
+        pre: false,
+        post: false,
+    };
+}
+
 /// The plan of one Compose deploy (or rollback, which deploys the kept files).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComposePlan {
@@ -168,23 +195,40 @@ pub struct ComposePlan {
     outcome: Option<Outcome>,
 }
 
-const FORWARD: [Step; 8] = [
+/// The forward path with both hooks; [`forward`] leaves out the hooks a deploy lacks.
+const FORWARD: [Step; 10] = [
     Step::KeepCurrent,
     Step::WriteFiles,
     Step::Pull,
     Step::VerifyDigests,
+    Step::PreHook,
     Step::Up,
     Step::WaitHealthy,
+    Step::PostHook,
     Step::WriteSticker,
     Step::Promote,
 ];
 
+/// The forward path of a deploy with `hooks`.
+fn forward(hooks: HookSteps) -> Vec<Step> {
+    FORWARD
+        .iter()
+        .copied()
+        .filter(|s| match s {
+            Step::PreHook => hooks.pre,
+            Step::PostHook => hooks.post,
+            _ => true,
+        })
+        .collect()
+}
+
 impl ComposePlan {
-    /// A plan for a deploy onto a project where a release runs (`had_current`) or not.
-    pub fn new(had_current: bool) -> Self {
+    /// A plan for a deploy onto a project where a release runs (`had_current`) or not,
+    /// with the hook steps of `hooks`.
+    pub fn new(had_current: bool, hooks: HookSteps) -> Self {
         ComposePlan {
             had_current,
-            queue: FORWARD.to_vec(),
+            queue: forward(hooks),
             in_progress: false,
             failed_at: None,
             restore_failed: false,
@@ -322,7 +366,7 @@ impl ComposePlan {
 fn ran_containers(step: Step) -> bool {
     !matches!(
         step,
-        Step::KeepCurrent | Step::WriteFiles | Step::Pull | Step::VerifyDigests
+        Step::KeepCurrent | Step::WriteFiles | Step::Pull | Step::VerifyDigests | Step::PreHook
     )
 }
 

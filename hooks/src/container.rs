@@ -17,7 +17,7 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -31,6 +31,9 @@ use crate::{HookError, HookRequest};
 
 /// Label on every hook container (`true`), so stray ones can be found.
 pub const LABEL_HOOK: &str = "wharf.hook";
+
+/// Label with the target (container or Compose project) a hook container runs for.
+pub const LABEL_HOOK_TARGET: &str = "wharf.hook.target";
 
 /// Resource limits of hook containers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,7 +247,7 @@ impl ContainerHooks {
                     "wharf.hook.phase".to_owned(),
                     request.input.phase.as_str().to_owned(),
                 ),
-                ("wharf.hook.target".to_owned(), request.input.target.clone()),
+                (LABEL_HOOK_TARGET.to_owned(), request.input.target.clone()),
             ])),
             attach_stdin: Some(true),
             attach_stdout: Some(true),
@@ -258,7 +261,42 @@ impl ContainerHooks {
         }
     }
 
-    /// Pulls the hook's image, runs it in the sandbox and judges its answer.
+    /// Removes (forced) every hook container left for `target` by an agent run that died
+    /// during a hook (a kill leaves no time for the removal); returns how many. A target
+    /// runs one task at a time, so none of them belongs to a live run.
+    ///
+    /// # Errors
+    ///
+    /// [`HookError::Docker`] when the engine cannot list or remove them.
+    pub async fn remove_strays(&self, target: &str) -> Result<usize, HookError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![
+                format!("{LABEL_HOOK}=true"),
+                format!("{LABEL_HOOK_TARGET}={target}"),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let strays = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| docker_error("cannot list left-over hook containers", e))?;
+        let mut removed = 0;
+        for id in strays.into_iter().filter_map(|c| c.id) {
+            remove(&self.docker, &id)
+                .await
+                .map_err(|e| docker_error("cannot remove a left-over hook container", e))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Pulls the hook's image, runs it in the sandbox and judges its answer. Hook
+    /// containers left for the same target by a killed agent are removed first.
     pub async fn run(&self, request: HookRequest<'_>) -> Result<HookReport, HookError> {
         crate::check_spec(request.spec)?;
         let HookSource::Image(text) = &request.spec.source else {
@@ -270,6 +308,10 @@ impl ContainerHooks {
             HookError::InvalidSpec(format!("its image must be IMAGE@sha256:DIGEST: {e}"))
         })?;
         self.pull_verified(&image, request.credentials).await?;
+        let strays = self.remove_strays(&request.input.target).await?;
+        if strays > 0 {
+            tracing::info!(target = %request.input.target, strays, "removed hook containers of an earlier agent run");
+        }
         let stdin = serde_json::to_vec(request.input)
             .map_err(|e| HookError::InvalidSpec(format!("its input does not serialize: {e}")))?;
         let name = format!("wharf-hook-{}", uuid::Uuid::new_v4().simple());

@@ -45,13 +45,22 @@ pub struct HookInput {
     pub target: String,
     /// The release deployed.
     pub release: ReleaseInfo,
-    /// The pinned image deployed (`repo@sha256:...`; for Compose the lock file's digest
-    /// reference, if any).
+    /// The pinned image deployed (`repo@sha256:...`). Empty for a Compose project, whose
+    /// images are in [`HookInput::services`].
     pub image: String,
-    /// The digest deployed (`sha256:...`).
+    /// The digest deployed (`sha256:...`); empty for a Compose project.
     pub digest: String,
-    /// The digest the target ran before, if any.
+    /// The digest the target ran before, if any; `None` for a Compose project (see
+    /// [`HookInput::previous_services`]).
     pub previous: Option<String>,
+    /// Compose: the pinned image (`repo@sha256:...`) of each service of the lock being
+    /// deployed. Left out of the JSON when empty (a container target).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, String>,
+    /// Compose: the pinned image of each service of the release that ran before (empty on
+    /// a first deploy). Left out of the JSON when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub previous_services: BTreeMap<String, String>,
 }
 
 /// What a hook prints on stdout. `message` and `outputs` may be left out.
@@ -120,6 +129,8 @@ mod tests {
             image: "r/x@sha256:aa".into(),
             digest: "sha256:aa".into(),
             previous: None,
+            services: BTreeMap::new(),
+            previous_services: BTreeMap::new(),
         };
         let v: serde_json::Value = serde_json::to_value(&input).unwrap();
         assert_eq!(v["phase"], "pre-deploy");
@@ -128,6 +139,20 @@ mod tests {
         for key in ["release", "image", "digest"] {
             assert!(v.get(key).is_some(), "{key}");
         }
+        assert!(
+            v.get("services").is_none(),
+            "no Compose maps for a container"
+        );
+
+        let compose = HookInput {
+            services: BTreeMap::from([("web".into(), "r/x@sha256:aa".into())]),
+            ..input
+        };
+        let v: serde_json::Value = serde_json::to_value(&compose).unwrap();
+        assert_eq!(v["services"]["web"], "r/x@sha256:aa");
+        assert!(v.get("previous_services").is_none());
+        let back: HookInput = serde_json::from_value(v).unwrap();
+        assert_eq!(back, compose);
     }
 
     #[test]

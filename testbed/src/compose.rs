@@ -54,6 +54,11 @@ impl ComposeImages {
         &self.bed
     }
 
+    /// The testbed, to add images to it (see [`Testbed::hook_image_in_mode`]).
+    pub fn bed_mut(&mut self) -> &mut Testbed {
+        &mut self.bed
+    }
+
     /// The `web` image of `version`.
     pub fn web(&self, version: TestVersion) -> &PinnedRef {
         self.bed.image(version)
@@ -95,6 +100,8 @@ pub fn two_service_lock(api: &PinnedRef, web: &PinnedRef, api_port: u16, web_por
 /// One container of a project, as `docker inspect` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectContainer {
+    /// The container id (a recreated container has another).
+    pub id: String,
     /// The service.
     pub service: String,
     /// The container name.
@@ -119,6 +126,7 @@ pub fn project_containers(project: &str) -> Result<Vec<ProjectContainer>> {
         };
         let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
         out.push(ProjectContainer {
+            id: text(&c["Id"]),
             service: text(&c["Config"]["Labels"][LABEL_SERVICE]),
             name: text(&c["Name"]).trim_start_matches('/').to_string(),
             running: c["State"]["Running"] == true,

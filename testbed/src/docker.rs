@@ -75,6 +75,18 @@ pub fn inspect_image(reference: &str) -> Result<Option<Value>> {
     inspect("image", reference)
 }
 
+/// The ids of the hook containers (label `wharf.hook.target=<target>`, any state) Docker
+/// has for `target`: empty once every hook run for it was removed.
+pub fn hook_containers(target: &str) -> Result<Vec<String>> {
+    let out = run(command(None).args([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=wharf.hook.target={target}"),
+    ]))?;
+    Ok(out.split_whitespace().map(str::to_owned).collect())
+}
+
 /// `docker container inspect NAME`: the container's JSON object, or `None` when
 /// there is no such container.
 pub fn inspect_container(name: &str) -> Result<Option<Value>> {

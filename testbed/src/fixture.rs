@@ -59,6 +59,7 @@ pub struct Testbed {
     pinned: Vec<(TestVersion, PinnedRef)>,
     local_refs: Vec<String>,
     hook: PinnedRef,
+    build: images::BuildOptions,
     // Dropped after the images are removed (see `Drop`).
     registry: Registry,
 }
@@ -81,6 +82,7 @@ impl Testbed {
                 hook.to_string(),
             ],
             hook,
+            build: options.build.clone(),
             registry,
         };
         for version in TestVersion::ALL {
@@ -130,6 +132,23 @@ impl Testbed {
     /// [`images::build_hook_image`]): `127.0.0.1:PORT/wharf/testhook@sha256:...`.
     pub fn hook_image(&self) -> &PinnedRef {
         &self.hook
+    }
+
+    /// The test hook image with `mode` (`fail`, `hang`, ...) fixed as its first argument,
+    /// built and pushed to this registry as `wharf/testhook:<mode>` (see
+    /// [`images::build_hook_image_in_mode`]); removed with the testbed.
+    pub fn hook_image_in_mode(&mut self, mode: &str) -> Result<PinnedRef> {
+        let (tag, _) = images::build_hook_image_in_mode(&self.build, Some(mode))?;
+        let pinned = self
+            .registry
+            .push(&tag, images::HOOK_REPO)
+            .with_context(|| format!("pushing {tag}"))?;
+        self.local_refs.extend([
+            tag,
+            format!("{}/{}:{mode}", self.registry.host(), images::HOOK_REPO),
+            pinned.to_string(),
+        ]);
+        Ok(pinned)
     }
 
     /// Every version with its pinned reference, in [`TestVersion::ALL`] order.

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::docker;
 
@@ -236,6 +236,23 @@ pub fn hook_dockerfile() -> String {
 /// Builds the test hook image (`wharf-testhook`, static, `FROM scratch`) into
 /// `wharf/testhook:latest`. Returns its tag and image id.
 pub fn build_hook_image(options: &BuildOptions) -> Result<(String, String)> {
+    build_hook_image_in_mode(options, None)
+}
+
+/// Builds the test hook image with `mode` (`fail`, `hang`, ...) as its fixed first
+/// argument into `wharf/testhook:<mode>`, for tests that can only name a hook image (the
+/// CLI's `--pre-hook IMAGE`), or the plain image (`None`, `:latest`). Returns its tag and
+/// image id.
+pub fn build_hook_image_in_mode(
+    options: &BuildOptions,
+    mode: Option<&str>,
+) -> Result<(String, String)> {
+    if let Some(mode) = mode {
+        ensure!(
+            !mode.is_empty() && mode.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+            "test hook mode {mode:?} must be lowercase letters and dashes"
+        );
+    }
     let binary = build_static(
         "wharf-testhook",
         &options.target_dir.join("testhook"),
@@ -243,8 +260,17 @@ pub fn build_hook_image(options: &BuildOptions) -> Result<(String, String)> {
         options,
     )
     .context("building the test hook")?;
-    let tag = format!("{HOOK_REPO}:latest");
-    let id = docker_build(&binary, "testhook", &hook_dockerfile(), &tag)?;
+    let (tag, dockerfile) = match mode {
+        None => (format!("{HOOK_REPO}:latest"), hook_dockerfile()),
+        Some(mode) => (
+            format!("{HOOK_REPO}:{mode}"),
+            hook_dockerfile().replace(
+                "ENTRYPOINT [\"/testhook\"]",
+                &format!("ENTRYPOINT [\"/testhook\", \"{mode}\"]"),
+            ),
+        ),
+    };
+    let id = docker_build(&binary, "testhook", &dockerfile, &tag)?;
     Ok((tag, id))
 }
 

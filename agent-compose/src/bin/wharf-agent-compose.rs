@@ -3,11 +3,13 @@
 //! ```text
 //! wharf-agent-compose --core HOST:7443 --state-dir DIR --deploy-root DIR
 //!                     [--token T --ca-hash sha256:HEX] [--name N] [--docker-host URL]
-//!                     [--transport auto|quic|poll]
+//!                     [--transport auto|quic|poll] [--allow-host-hooks]
 //! ```
 //!
 //! The Compose tool is detected once at start (`docker compose` v2, else `docker-compose`
 //! v1) and announced in the capabilities (`compose`, `compose-v2` or `compose-v1`).
+//! Pre- and post-deploy hooks run as sandboxed containers (capability `hooks`); host-command
+//! hooks only with `--allow-host-hooks` (capability `host-hooks`).
 //!
 //! Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 2 invalid input, 3 core refused
 //! the agent (enrollment refused, upgrade required), 1 otherwise. A lost or refused
@@ -56,10 +58,12 @@ fn run() -> anyhow::Result<()> {
         std::fs::create_dir_all(&cli.deploy_root).with_context(|| {
             format!("cannot create the deploy root {}; pass another --deploy-root", cli.deploy_root.display())
         })?;
+        let hooks = wharf_hooks::Hooks::new(docker.client().clone(), cli.agent.allow_host_hooks);
         let executor = ComposeExecutor::new(
             CliHost::new(tool, docker),
             ComposeExecutorConfig::new(&cli.deploy_root),
-        );
+        )
+        .with_hooks(std::sync::Arc::new(hooks));
         tracing::info!(core = %cli.agent.core, state_dir = %cli.agent.state_dir.display(), deploy_root = %cli.deploy_root.display(), tool = tool.command(), transport = config.transport.as_str(), "wharf-agent-compose starting");
         wharf_agent_docker::runtime::run(config, executor, shutdown_signal()).await?;
         tracing::info!("wharf-agent-compose stopped");

@@ -72,6 +72,8 @@ impl Host {
             Step::DiscardKept => self.kept = None,
             Step::Pull
             | Step::VerifyDigests
+            | Step::PreHook
+            | Step::PostHook
             | Step::WaitHealthy
             | Step::CollectLogs
             | Step::WaitPreviousHealthy => {}
@@ -96,8 +98,18 @@ enum Kill {
 /// Runs a plan to its end; kills once at `kill` (counted in steps taken), then resumes a
 /// plan decoded from the last checkpoint (taken before each step).
 fn run(had_current: bool, fail: Option<Step>, kill: Option<Kill>) -> (Outcome, Host, Vec<Step>) {
+    run_with(HookSteps::NONE, had_current, fail, kill)
+}
+
+/// [`run`] for a deploy with `hooks`.
+fn run_with(
+    hooks: HookSteps,
+    had_current: bool,
+    fail: Option<Step>,
+    kill: Option<Kill>,
+) -> (Outcome, Host, Vec<Step>) {
     let mut host = Host::new(had_current);
-    let mut plan = ComposePlan::new(had_current);
+    let mut plan = ComposePlan::new(had_current, hooks);
     let mut taken = Vec::new();
     let mut killed = false;
     let mut n = 0usize;
@@ -142,9 +154,11 @@ fn run(had_current: bool, fail: Option<Step>, kill: Option<Kill>) -> (Outcome, H
     }
 }
 
-fn check(had_current: bool, fail: Option<Step>, kill: Option<Kill>) {
-    let (outcome, host, taken) = run(had_current, fail, kill);
-    let ctx = format!("had_current={had_current} fail={fail:?} kill={kill:?} taken={taken:?}");
+fn check(hooks: HookSteps, had_current: bool, fail: Option<Step>, kill: Option<Kill>) {
+    let (outcome, host, taken) = run_with(hooks, had_current, fail, kill);
+    let ctx = format!(
+        "hooks={hooks:?} had_current={had_current} fail={fail:?} kill={kill:?} taken={taken:?}"
+    );
     let before = if had_current {
         Slot::Only(Rel::Old)
     } else {
@@ -173,7 +187,13 @@ fn check(had_current: bool, fail: Option<Step>, kill: Option<Kill>) {
             );
             let ran = !matches!(
                 fail,
-                Some(Step::KeepCurrent | Step::WriteFiles | Step::Pull | Step::VerifyDigests)
+                Some(
+                    Step::KeepCurrent
+                        | Step::WriteFiles
+                        | Step::Pull
+                        | Step::VerifyDigests
+                        | Step::PreHook
+                )
             );
             assert_eq!(outcome.rolled_back(), ran, "{ctx}");
             assert_eq!(outcome == Outcome::Removed, ran && !had_current, "{ctx}");
@@ -184,24 +204,153 @@ fn check(had_current: bool, fail: Option<Step>, kill: Option<Kill>) {
 
 #[test]
 fn every_failure_and_kill_point_ends_on_one_whole_release() {
-    let fails = std::iter::once(None).chain(FORWARD.iter().copied().map(Some));
-    for had_current in [false, true] {
-        for fail in fails.clone() {
-            check(had_current, fail, None);
-            for i in 0..16 {
-                for kill in [Kill::Before(i), Kill::Half(i), Kill::After(i)] {
-                    check(had_current, fail, Some(kill));
+    let all_hooks = [
+        HookSteps::NONE,
+        HookSteps {
+            pre: true,
+            post: false,
+        },
+        HookSteps {
+            pre: false,
+            post: true,
+        },
+        HookSteps {
+            pre: true,
+            post: true,
+        },
+    ];
+    for hooks in all_hooks {
+        let fails = std::iter::once(None).chain(forward(hooks).into_iter().map(Some));
+        for had_current in [false, true] {
+            for fail in fails.clone() {
+                check(hooks, had_current, fail, None);
+                for i in 0..20 {
+                    for kill in [Kill::Before(i), Kill::Half(i), Kill::After(i)] {
+                        check(hooks, had_current, fail, Some(kill));
+                    }
                 }
             }
         }
     }
 }
 
+const BOTH: HookSteps = HookSteps {
+    pre: true,
+    post: true,
+};
+
 #[test]
 fn forward_path_order() {
     let (outcome, _, taken) = run(true, None, None);
     assert_eq!(outcome, Outcome::Succeeded);
+    assert_eq!(
+        taken,
+        FORWARD
+            .iter()
+            .copied()
+            .filter(|s| !matches!(s, Step::PreHook | Step::PostHook))
+            .collect::<Vec<_>>()
+    );
+    let (outcome, _, taken) = run_with(BOTH, true, None, None);
+    assert_eq!(outcome, Outcome::Succeeded);
     assert_eq!(taken, FORWARD.to_vec());
+    let (_, _, taken) = run_with(
+        HookSteps {
+            pre: false,
+            post: true,
+        },
+        false,
+        None,
+        None,
+    );
+    assert!(!taken.contains(&Step::PreHook) && taken.contains(&Step::PostHook));
+}
+
+#[test]
+fn the_pre_hook_runs_after_the_digest_check_and_before_up_and_its_failure_changes_nothing() {
+    let (_, _, taken) = run_with(BOTH, true, None, None);
+    let at = |s| taken.iter().position(|t| *t == s).unwrap();
+    assert_eq!(at(Step::PreHook), at(Step::VerifyDigests) + 1);
+    assert_eq!(at(Step::Up), at(Step::PreHook) + 1);
+    for had_current in [true, false] {
+        let (outcome, host, taken) = run_with(BOTH, had_current, Some(Step::PreHook), None);
+        assert_eq!(outcome, Outcome::NothingChanged);
+        assert!(!outcome.rolled_back());
+        assert!(!taken.contains(&Step::Up) && !taken.contains(&Step::PostHook));
+        assert_eq!(
+            &taken[5..],
+            &[Step::RestoreFiles, Step::DiscardKept],
+            "{taken:?}"
+        );
+        assert_eq!(host.containers, Host::new(had_current).containers);
+    }
+}
+
+#[test]
+fn a_failed_post_hook_restores_the_previous_release_or_takes_a_first_one_down() {
+    let (outcome, host, taken) = run_with(BOTH, true, Some(Step::PostHook), None);
+    assert_eq!(outcome, Outcome::RolledBack);
+    assert!(outcome.rolled_back());
+    assert_eq!(host.containers, Slot::Only(Rel::Old));
+    assert_eq!(host.sticker, Slot::Only(Rel::Old));
+    assert_eq!(
+        &taken[8..],
+        &[
+            Step::CollectLogs,
+            Step::RestoreFiles,
+            Step::UpPrevious,
+            Step::WaitPreviousHealthy,
+            Step::DiscardKept
+        ]
+    );
+    let (outcome, host, taken) = run_with(BOTH, false, Some(Step::PostHook), None);
+    assert_eq!(outcome, Outcome::Removed);
+    assert!(outcome.rolled_back());
+    assert_eq!(host.containers, Slot::Empty);
+    assert_eq!(host.files, Slot::Empty);
+    assert!(taken.contains(&Step::Down) && !taken.contains(&Step::WriteSticker));
+}
+
+#[test]
+fn a_kill_during_a_hook_takes_the_hook_again() {
+    for (step, index) in [(Step::PreHook, 4), (Step::PostHook, 7)] {
+        let (outcome, _, taken) = run_with(BOTH, true, None, Some(Kill::Half(index)));
+        assert_eq!(outcome, Outcome::Succeeded);
+        assert_eq!(taken[index], step);
+        assert_eq!(taken[index + 1], step, "{taken:?}");
+    }
+}
+
+#[test]
+fn a_stop_at_a_hook_boundary() {
+    let mut plan = ComposePlan::new(true, BOTH);
+    for step in &FORWARD[..4] {
+        assert_eq!(plan.next_step(), Next::Take(*step));
+        plan.done(*step);
+    }
+    plan.stop();
+    assert_eq!(plan.failed_at(), Some(Step::PreHook));
+    assert_eq!(plan.next_step(), Next::Take(Step::RestoreFiles));
+
+    let mut plan = ComposePlan::new(true, BOTH);
+    for step in &FORWARD[..7] {
+        assert_eq!(plan.next_step(), Next::Take(*step));
+        plan.done(*step);
+    }
+    plan.stop();
+    assert_eq!(plan.failed_at(), Some(Step::PostHook));
+    assert_eq!(plan.next_step(), Next::Take(Step::CollectLogs));
+}
+
+#[test]
+fn a_checkpoint_without_hook_steps_still_decodes() {
+    // A plan journaled by an agent before hook steps existed.
+    let old = r#"{"had_current":true,"queue":["up","wait-healthy","write-sticker","promote"],
+        "in_progress":true,"failed_at":null,"restore_failed":false,"promote_failed":false,
+        "outcome":null}"#;
+    let mut plan: ComposePlan = serde_json::from_str(old).unwrap();
+    plan.resume();
+    assert_eq!(plan.next_step(), Next::Take(Step::Up));
 }
 
 #[test]
@@ -234,7 +383,7 @@ fn a_failed_pull_changes_nothing_and_a_failed_first_up_removes_the_project() {
 
 #[test]
 fn a_failed_restore_step_is_reported_and_the_restore_goes_on() {
-    let mut plan = ComposePlan::new(true);
+    let mut plan = ComposePlan::new(true, HookSteps::NONE);
     for step in [
         Step::KeepCurrent,
         Step::WriteFiles,
@@ -262,7 +411,7 @@ fn a_failed_restore_step_is_reported_and_the_restore_goes_on() {
 
 #[test]
 fn stop_turns_to_restore_at_the_next_boundary_but_not_mid_step_or_at_promote() {
-    let mut plan = ComposePlan::new(true);
+    let mut plan = ComposePlan::new(true, HookSteps::NONE);
     assert_eq!(plan.next_step(), Next::Take(Step::KeepCurrent));
     plan.stop();
     assert_eq!(plan.in_progress(), Some(Step::KeepCurrent), "not mid-step");
@@ -271,8 +420,8 @@ fn stop_turns_to_restore_at_the_next_boundary_but_not_mid_step_or_at_promote() {
     assert_eq!(plan.failed_at(), Some(Step::WriteFiles));
     assert_eq!(plan.next_step(), Next::Take(Step::RestoreFiles));
 
-    let mut plan = ComposePlan::new(true);
-    for step in &FORWARD[..7] {
+    let mut plan = ComposePlan::new(true, HookSteps::NONE);
+    for step in &forward(HookSteps::NONE)[..7] {
         assert_eq!(plan.next_step(), Next::Take(*step));
         plan.done(*step);
     }
@@ -282,7 +431,7 @@ fn stop_turns_to_restore_at_the_next_boundary_but_not_mid_step_or_at_promote() {
 
 #[test]
 fn reports_for_another_step_are_ignored() {
-    let mut plan = ComposePlan::new(false);
+    let mut plan = ComposePlan::new(false, HookSteps::NONE);
     assert_eq!(plan.next_step(), Next::Take(Step::KeepCurrent));
     plan.done(Step::Up);
     plan.failed(Step::Pull);

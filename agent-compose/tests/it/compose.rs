@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use wharf_agent_compose::{CliHost, ComposeExecutor, ComposeExecutorConfig, ComposeTool};
-use wharf_agent_docker::docker::BollardDocker;
+use wharf_agent_compose::{CliHost, ComposeExecutor};
 use wharf_agent_docker::runtime::Executor;
 use wharf_protocol::{
     ComposeDeploySpec, ComposeRollbackSpec, DurationMs, ErrorType, ReleaseInfo, TaskPayload,
@@ -14,14 +13,6 @@ use wharf_protocol::{
 use wharf_testbed::TestVersion;
 
 use crate::support::*;
-
-async fn executor(root: &std::path::Path) -> ComposeExecutor<CliHost> {
-    let tool = ComposeTool::detect()
-        .await
-        .expect("a Compose tool on this host");
-    let docker = BollardDocker::connect(None).await.expect("docker");
-    ComposeExecutor::new(CliHost::new(tool, docker), ComposeExecutorConfig::new(root))
-}
 
 fn spec(project: &str, lock: String, version: &str) -> ComposeDeploySpec {
     let locks = [wharf_protocol::compose::ComposeLock::parse("lock", &lock).unwrap()];
@@ -63,7 +54,7 @@ async fn deploy_upgrade_refusals_broken_restored_and_rollback() {
     let root = tempfile::tempdir().unwrap();
     let project = format!("wharfit{}", wharf_testbed::unique_suffix());
     let _guard = ProjectGuard(project.clone());
-    let exec = executor(root.path()).await;
+    let exec = executor(root.path(), false, false).await;
     let caps = exec.capabilities();
     assert!(caps.contains(&"compose".to_string()), "{caps:?}");
     assert!(caps.iter().any(|c| c.starts_with("compose-v")), "{caps:?}");

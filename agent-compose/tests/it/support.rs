@@ -14,6 +14,31 @@ use wharf_testbed::{PinnedRef, TestVersion, Testbed, TestbedOptions};
 pub const USER: &str = "wharf";
 pub const PASSWORD: &str = "compose-s3cret-pw";
 
+/// The executor over this host's Compose tool and engine, with container hooks when
+/// `hooks`, and host-command hooks too when `allow_host_hooks`.
+pub async fn executor(
+    root: &Path,
+    hooks: bool,
+    allow_host_hooks: bool,
+) -> wharf_agent_compose::ComposeExecutor<wharf_agent_compose::CliHost> {
+    let tool = wharf_agent_compose::ComposeTool::detect()
+        .await
+        .expect("a Compose tool on this host");
+    let docker = wharf_agent_docker::docker::BollardDocker::connect(None)
+        .await
+        .expect("docker");
+    let runner = wharf_hooks::Hooks::new(docker.client().clone(), allow_host_hooks);
+    let exec = wharf_agent_compose::ComposeExecutor::new(
+        wharf_agent_compose::CliHost::new(tool, docker),
+        wharf_agent_compose::ComposeExecutorConfig::new(root),
+    );
+    if hooks {
+        exec.with_hooks(Arc::new(runner))
+    } else {
+        exec
+    }
+}
+
 /// Removes every container and network of a Compose project when dropped.
 pub struct ProjectGuard(pub String);
 

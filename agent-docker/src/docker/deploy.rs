@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Instant as StdInstant;
 
 use tokio::time::Instant;
-use wharf_hooks::{HookInput, HookRequest, HookRunner, Phase};
-use wharf_protocol::seal::RegistryCredentials;
+use wharf_hooks::{HookInput, HookRunner, Phase};
 use wharf_protocol::{
-    AgentTask, DeploySpec, Digest, ErrorType, HookSource, HookSpec, ImageRef, TaskMetrics,
-    TaskResult, Timestamp,
+    AgentTask, DeploySpec, Digest, ErrorType, HookSpec, ImageRef, TaskMetrics, TaskResult,
+    Timestamp,
 };
 
 use super::api::{ContainerInfo, CreateSpec, DockerApi, DockerError};
@@ -19,6 +18,8 @@ use super::{
     LABEL_RELEASE_NAME, LABEL_RELEASE_VERSION, LABEL_TASK_ID,
 };
 use crate::plan::{DeployPlan, Ending, Next, Observed, Options, Step};
+use crate::runtime::executor::DOCKER_HUB;
+use crate::runtime::hooks::{check_hooks, run_hook};
 use crate::runtime::TaskContext;
 
 /// A failed step: the error class and what went wrong.
@@ -55,30 +56,6 @@ pub(super) fn running_digest(info: &ContainerInfo) -> Option<String> {
         .map(|d| d.to_string())
 }
 
-/// The registry host Docker uses for a reference without one.
-const DOCKER_HUB: &str = "docker.io";
-
-fn normalize_registry(host: &str) -> &str {
-    let host = host
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    match host {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => DOCKER_HUB,
-        other => other.split('/').next().unwrap_or(other),
-    }
-}
-
-/// The task's credentials if they are for the image's registry (never sent elsewhere).
-pub(super) fn credentials_for<'a>(
-    ctx: &'a TaskContext,
-    image: &ImageRef,
-) -> Option<&'a RegistryCredentials> {
-    let wanted = normalize_registry(image.registry().unwrap_or(DOCKER_HUB));
-    ctx.credentials()
-        .filter(|c| normalize_registry(&c.registry) == wanted)
-}
-
 /// Checks a signed sticker before anything changes: well-formed, for this docker target,
 /// and (for a deploy) naming the digest being deployed.
 pub(super) fn check_sticker(
@@ -107,32 +84,6 @@ pub(super) fn check_sticker(
     Ok(())
 }
 
-/// Checks the task's hooks before anything changes: refused without a hook runner, or
-/// when the runner refuses one (host command without `--allow-host-hooks`, unpinned image).
-pub(super) fn check_hooks(
-    hooks: Option<&dyn HookRunner>,
-    pre: Option<&HookSpec>,
-    post: Option<&HookSpec>,
-) -> Result<(), StepError> {
-    for (phase, hook) in [(Phase::PreDeploy, pre), (Phase::PostDeploy, post)] {
-        let Some(hook) = hook else { continue };
-        let Some(runner) = hooks else {
-            return Err(StepError::new(
-                ErrorType::Unsupported,
-                "this executor has no hook runner, so it does not run pre- and post-deploy \
-                 hooks; remove --pre-hook/--post-hook from the deploy; nothing was changed",
-            ));
-        };
-        runner.check(hook).map_err(|e| {
-            StepError::new(
-                e.error_type(),
-                format!("the {} hook: {e}; nothing was changed", phase.as_str()),
-            )
-        })?;
-    }
-    Ok(())
-}
-
 fn validate(
     task: &AgentTask,
     spec: &DeploySpec,
@@ -141,7 +92,8 @@ fn validate(
     let image = spec.image_ref().map_err(|e| {
         StepError::new(ErrorType::InvalidInput, format!("{e}; nothing was changed"))
     })?;
-    check_hooks(hooks, spec.pre_hook.as_ref(), spec.post_hook.as_ref())?;
+    check_hooks(hooks, spec.pre_hook.as_ref(), spec.post_hook.as_ref())
+        .map_err(|e| StepError::new(e.kind, e.message))?;
     if let Some(key) = spec
         .env
         .keys()
@@ -462,6 +414,8 @@ impl<D: DockerApi> DockerExecutor<D> {
                     image: pinned.clone(),
                     digest: image.digest().to_string(),
                     previous: journal.previous_digest.clone(),
+                    services: BTreeMap::new(),
+                    previous_services: BTreeMap::new(),
                 };
                 self.run_hook(&hook, &input, ctx, journal).await
             }
@@ -630,72 +584,15 @@ impl<D: DockerApi> DockerExecutor<D> {
         ctx: &TaskContext,
         journal: &mut Journal,
     ) -> Result<(), StepError> {
-        let Some(runner) = self.hooks.as_deref() else {
-            return Err(StepError::new(
-                ErrorType::Unsupported,
-                "this executor has no hook runner",
-            ));
-        };
-        let phase = input.phase;
-        let credentials = match &hook.source {
-            HookSource::Image(text) => ImageRef::parse(text)
-                .ok()
-                .and_then(|i| credentials_for(ctx, &i)),
-            HookSource::HostCommand(_) => None,
-        };
-        ctx.progress(
-            phase.as_str(),
-            format!(
-                "running the {} hook (timeout {})",
-                phase.as_str(),
-                hook.timeout
-            ),
-        );
-        let began = StdInstant::now();
-        let request = HookRequest {
-            spec: hook,
-            input,
-            credentials,
-        };
-        let outcome = tokio::select! {
-            r = runner.run(request) => r,
-            () = ctx.cancelled() => {
+        let (record, result) = run_hook(self.hooks.as_deref(), hook, input, ctx).await;
+        journal.hook_outputs.extend(record.outputs);
+        journal.hook_logs.extend(record.logs);
+        result.map_err(|e| {
+            if e.is_cancel() {
                 journal.stop.get_or_insert(StopReason::Cancelled);
-                return Err(StepError::new(ErrorType::Cancelled, "cancelled by core during the hook"));
             }
-        };
-        let (ok, message, outputs, logs) = match &outcome {
-            Ok(r) => (true, r.message.clone(), r.outputs.clone(), Vec::new()),
-            Err(e) => {
-                let outputs = match e {
-                    wharf_hooks::HookError::Failed { outputs, .. } => outputs.clone(),
-                    _ => BTreeMap::new(),
-                };
-                (false, e.to_string(), outputs, e.logs().to_vec())
-            }
-        };
-        let duration = outcome
-            .as_ref()
-            .map(|r| r.duration)
-            .unwrap_or_else(|_| began.elapsed());
-        journal
-            .hook_outputs
-            .extend(wharf_hooks::contract::result_outputs(
-                phase, ok, &message, duration, &outputs,
-            ));
-        journal
-            .hook_logs
-            .extend(logs.iter().map(|l| format!("{}: {l}", phase.as_str())));
-        match outcome {
-            Ok(_) => {
-                ctx.progress(phase.as_str(), format!("the hook passed: {message}"));
-                Ok(())
-            }
-            Err(e) => Err(StepError::new(
-                e.error_type(),
-                format!("the {} hook failed: {e}", phase.as_str()),
-            )),
-        }
+            StepError::new(e.kind, e.message)
+        })
     }
 
     /// Pulls `image` by digest and checks that Docker has it as `repo@digest`.
@@ -706,7 +603,7 @@ impl<D: DockerApi> DockerExecutor<D> {
     ) -> Result<(), StepError> {
         let pinned = image.pinned();
         let registry = image.registry().unwrap_or(DOCKER_HUB).to_owned();
-        let credentials = credentials_for(ctx, image);
+        let credentials = ctx.credentials_for(image);
         if ctx.credentials().is_some() && credentials.is_none() {
             ctx.progress(
                 Step::Pull.as_str(),

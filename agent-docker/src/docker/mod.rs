@@ -256,12 +256,9 @@ fn failed(
 impl<D: DockerApi> Executor for DockerExecutor<D> {
     fn capabilities(&self) -> Vec<String> {
         let mut caps = vec![capability::DOCKER.to_owned()];
-        if let Some(hooks) = &self.hooks {
-            caps.push(capability::HOOKS.to_owned());
-            if hooks.allows_host_hooks() {
-                caps.push(capability::HOST_HOOKS.to_owned());
-            }
-        }
+        caps.extend(crate::runtime::hooks::hook_capabilities(
+            self.hooks.as_deref(),
+        ));
         caps
     }
 

@@ -14,7 +14,23 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 use wharf_protocol::seal::RegistryCredentials;
-use wharf_protocol::{AgentTask, ErrorType, TaskResult, Timestamp};
+use wharf_protocol::{AgentTask, ErrorType, ImageRef, TaskResult, Timestamp};
+
+/// The registry host Docker uses for a reference without one.
+pub const DOCKER_HUB: &str = "docker.io";
+
+/// A registry host as Docker compares it: without scheme or path, Docker Hub's aliases
+/// folded into [`DOCKER_HUB`].
+fn normalize_registry(host: &str) -> &str {
+    let host = host
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    match host {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => DOCKER_HUB,
+        other => other.split('/').next().unwrap_or(other),
+    }
+}
 
 /// Why a checkpoint could not be made durable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +81,13 @@ impl TaskContext {
     /// the task carried none, and always on [`Executor::resume`] (they are never journaled).
     pub fn credentials(&self) -> Option<&RegistryCredentials> {
         self.credentials.as_ref()
+    }
+
+    /// The task's credentials if they are for `image`'s registry (never sent elsewhere).
+    pub fn credentials_for(&self, image: &ImageRef) -> Option<&RegistryCredentials> {
+        let wanted = normalize_registry(image.registry().unwrap_or(DOCKER_HUB));
+        self.credentials()
+            .filter(|c| normalize_registry(&c.registry) == wanted)
     }
 
     /// Makes `state` the task's durable checkpoint. Call it before taking a step.

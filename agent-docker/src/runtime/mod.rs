@@ -37,6 +37,7 @@
 
 pub mod config;
 pub mod executor;
+pub mod hooks;
 pub mod identity;
 pub mod journal;
 mod poll;

@@ -556,13 +556,8 @@ fn test_hook(bed: &Testbed, args: &[&str]) -> HookSpec {
 }
 
 /// Hook containers Docker still has for `target`.
-fn hook_containers(target: &str) -> String {
-    let out = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=wharf.hook.target={target}"))
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+fn hook_containers(target: &str) -> Vec<String> {
+    wharf_testbed::docker::hook_containers(target).expect("docker ps")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,6 +154,14 @@ pub struct ComposeDeployArgs {
     /// Time every service has to be running and healthy (like 2m).
     #[arg(long, value_name = "DURATION")]
     pub health_timeout: Option<String>,
+    /// Hook image run after the pull, before the project is brought up,
+    /// IMAGE@sha256:DIGEST (its failure changes nothing).
+    #[arg(long, value_name = "IMAGE")]
+    pub pre_hook: Option<String>,
+    /// Hook image run once every service is healthy, IMAGE@sha256:DIGEST (its failure
+    /// brings the previous release back).
+    #[arg(long, value_name = "IMAGE")]
+    pub post_hook: Option<String>,
     /// Queueing options.
     #[command(flatten)]
     pub submit: SubmitArgs,

@@ -235,6 +235,33 @@ pub fn outputs_text(t: &TaskView) -> String {
     out
 }
 
+/// One line per hook that ran (from the agents' `pre_hook.*`/`post_hook.*` result
+/// outputs, the same for Docker and Compose deploys): `pre-hook:     passed in 1234 ms:
+/// MESSAGE`.
+fn hooks_text(outputs: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (prefix, name) in [("pre_hook", "pre-hook"), ("post_hook", "post-hook")] {
+        let Some(ok) = outputs.get(&format!("{prefix}.ok")) else {
+            continue;
+        };
+        let verdict = if ok == "true" { "passed" } else { "failed" };
+        let took = outputs
+            .get(&format!("{prefix}.duration_ms"))
+            .map(|ms| format!(" in {ms} ms"))
+            .unwrap_or_default();
+        let message = outputs
+            .get(&format!("{prefix}.message"))
+            .filter(|m| !m.is_empty())
+            .map(|m| format!(": {}", m.lines().next().unwrap_or_default()))
+            .unwrap_or_default();
+        lines.push(format!(
+            "{:<14}{verdict}{took}{message}",
+            format!("{name}:")
+        ));
+    }
+    lines
+}
+
 /// A task in full: state, attempt, who and when, error, rollback, outputs and the tail of
 /// its logs.
 pub fn task_summary(t: &TaskView) -> String {
@@ -285,6 +312,9 @@ pub fn task_summary(t: &TaskView) -> String {
         .collect();
         if !timings.is_empty() {
             let _ = writeln!(out, "  timings:      {}", timings.join(", "));
+        }
+        for line in hooks_text(&r.outputs) {
+            let _ = writeln!(out, "  {line}");
         }
         let outputs = outputs_text(t);
         if !outputs.is_empty() {
@@ -477,5 +507,52 @@ mod tests {
             "digest: sha256:abc\nsticker:\n  {\n    \"schema\": \"wharf.sticker/v1\"\n  }\n"
         );
         assert_eq!(outputs_text(&view(TaskState::Queued, None)), "");
+    }
+
+    #[test]
+    fn hook_outcomes_and_durations_for_both_deploy_kinds() {
+        for kind in [TaskKind::Deploy, TaskKind::ComposeDeploy] {
+            let mut r = TaskResult::failure(
+                Uuid::nil(),
+                1,
+                Timestamp(0),
+                ErrorType::HookFailed,
+                "the post-deploy hook failed",
+            );
+            r.rolled_back = true;
+            r.outputs = BTreeMap::from([
+                ("pre_hook.ok".to_owned(), "true".to_owned()),
+                (
+                    "pre_hook.message".to_owned(),
+                    "schema is current".to_owned(),
+                ),
+                ("pre_hook.duration_ms".to_owned(), "812".to_owned()),
+                ("pre_hook.output.rows".to_owned(), "3".to_owned()),
+                ("post_hook.ok".to_owned(), "false".to_owned()),
+                (
+                    "post_hook.message".to_owned(),
+                    "smoke test: 502\nmore".to_owned(),
+                ),
+                ("post_hook.duration_ms".to_owned(), "40".to_owned()),
+            ]);
+            let mut v = view(TaskState::Failed, Some(r));
+            v.kind = kind;
+            let text = task_summary(&v);
+            assert!(
+                text.contains("  pre-hook:     passed in 812 ms: schema is current\n"),
+                "{kind:?}: {text}"
+            );
+            assert!(
+                text.contains("  post-hook:    failed in 40 ms: smoke test: 502\n"),
+                "{kind:?}: {text}"
+            );
+            assert!(text.contains("    pre_hook.output.rows: 3\n"), "{text}");
+            assert!(text.contains("    pre_hook.duration_ms: 812\n"), "{text}");
+        }
+        let text = task_summary(&view(
+            TaskState::Succeeded,
+            Some(TaskResult::success(Uuid::nil(), 1, Timestamp(0))),
+        ));
+        assert!(!text.contains("hook"), "{text}");
     }
 }

@@ -429,8 +429,10 @@ pub fn compose_deploy_request(
             parse::duration,
         )?
         .unwrap_or_default(),
-        pre_hook: None,
-        post_hook: None,
+        pre_hook: flag("pre-hook", args.pre_hook.as_ref(), parse::pinned_image)?
+            .map(HookSpec::image),
+        post_hook: flag("post-hook", args.post_hook.as_ref(), parse::pinned_image)?
+            .map(HookSpec::image),
         sticker: None,
     };
     let req = submit_options(&args.submit)?.request(
@@ -1317,29 +1319,7 @@ timeout: 15m
         )
         .unwrap();
         std::fs::write(&over, "services:\n  web:\n    environment: {A: b}\n").unwrap();
-        let args = |lock: &std::path::Path| {
-            let cli = Cli::try_parse_from([
-                "wharf",
-                "compose",
-                "deploy",
-                "--agent",
-                "a",
-                "--project",
-                "shop",
-                "--lock",
-                lock.to_str().unwrap(),
-                "--file",
-                over.to_str().unwrap(),
-                "--release",
-                "shop@3",
-            ])
-            .unwrap();
-            let CliCommand::Compose(crate::cli::args::ComposeCommand::Deploy(args)) = cli.command
-            else {
-                panic!("compose deploy expected");
-            };
-            args
-        };
+        let args = |lock: &std::path::Path| compose_args(lock, &over, &[]);
         let req = compose_deploy_request(&args(&lock)).unwrap();
         let TaskPayload::ComposeDeploy(spec) = &req.payload else {
             panic!("compose payload expected");
@@ -1356,5 +1336,78 @@ timeout: 15m
         assert!(err.reason.contains("`web`"), "{err:?}");
         std::fs::write(&lock, "services:\n  web:\n    build: .\n").unwrap();
         assert!(compose_deploy_request(&args(&lock)).is_err());
+    }
+
+    /// `wharf compose deploy --agent a --project shop --lock LOCK --file OVER --release
+    /// shop@3` and `extra`.
+    fn compose_args(
+        lock: &std::path::Path,
+        over: &std::path::Path,
+        extra: &[&str],
+    ) -> crate::cli::args::ComposeDeployArgs {
+        let mut argv = vec![
+            "wharf",
+            "compose",
+            "deploy",
+            "--agent",
+            "a",
+            "--project",
+            "shop",
+            "--lock",
+            lock.to_str().unwrap(),
+            "--file",
+            over.to_str().unwrap(),
+            "--release",
+            "shop@3",
+        ];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let CliCommand::Compose(crate::cli::args::ComposeCommand::Deploy(args)) = cli.command
+        else {
+            panic!("compose deploy expected");
+        };
+        args
+    }
+
+    #[test]
+    fn compose_deploy_takes_pinned_hooks_and_refuses_unpinned_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("lock.yml");
+        let over = dir.path().join("override.yml");
+        std::fs::write(
+            &lock,
+            format!("services:\n  web:\n    image: r/web@sha256:{D}\n"),
+        )
+        .unwrap();
+        std::fs::write(&over, "services:\n  web:\n    environment: {A: b}\n").unwrap();
+        let pre = format!("hooks/migrate@sha256:{D}");
+        let post = format!("hooks/smoke@sha256:{D}");
+        let req = compose_deploy_request(&compose_args(
+            &lock,
+            &over,
+            &["--pre-hook", &pre, "--post-hook", &post],
+        ))
+        .unwrap();
+        let TaskPayload::ComposeDeploy(spec) = &req.payload else {
+            panic!("compose payload expected");
+        };
+        assert_eq!(spec.pre_hook, Some(HookSpec::image(pre.clone())));
+        assert_eq!(spec.post_hook, Some(HookSpec::image(post)));
+        let req = compose_deploy_request(&compose_args(&lock, &over, &[])).unwrap();
+        let TaskPayload::ComposeDeploy(spec) = &req.payload else {
+            panic!("compose payload expected");
+        };
+        assert_eq!((&spec.pre_hook, &spec.post_hook), (&None, &None));
+
+        for (flag, value) in [
+            ("--pre-hook", "hooks/migrate:latest"),
+            ("--post-hook", "hooks/smoke"),
+            ("--post-hook", "hooks/smoke@sha256:abc"),
+        ] {
+            let err =
+                compose_deploy_request(&compose_args(&lock, &over, &[flag, value])).unwrap_err();
+            assert_eq!(err.what, flag, "{err}");
+            assert!(err.reason.contains("sha256"), "{err}");
+        }
     }
 }

@@ -150,6 +150,57 @@ fn unpinned_image_exits_2_without_contacting_core() {
 }
 
 #[test]
+fn unpinned_hooks_exit_2_without_contacting_core() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let env = [("WHARF_URL", url.as_str()), ("WHARF_TOKEN", "t")];
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("compose.lock.yml");
+    std::fs::write(
+        &lock,
+        format!("services:\n  web:\n    image: {}\n", image()),
+    )
+    .unwrap();
+    let img = image();
+    let deploy = ["deploy", "--agent", "a", "--target", "web", "--image", &img];
+    let compose = [
+        "compose",
+        "deploy",
+        "--agent",
+        "a",
+        "--project",
+        "shop",
+        "--lock",
+        lock.to_str().unwrap(),
+    ];
+    for (base, flag) in [
+        (&deploy[..], "--pre-hook"),
+        (&deploy[..], "--post-hook"),
+        (&compose[..], "--pre-hook"),
+        (&compose[..], "--post-hook"),
+    ] {
+        let args: Vec<&str> = base
+            .iter()
+            .copied()
+            .chain([flag, "hooks/migrate:latest"])
+            .collect();
+        let out = wharf(&args, &env);
+        assert_exit(&out, 2);
+        let err = stderr(&out);
+        assert!(
+            err.contains(flag) && err.contains("is not pinned"),
+            "{args:?}: {err}"
+        );
+        assert!(stdout(&out).is_empty());
+    }
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the CLI connected to core: {other:?}"),
+    }
+}
+
+#[test]
 fn invalid_input_exits_2_and_names_the_field() {
     let url = format!("http://127.0.0.1:{}", closed_port());
     let env = [("WHARF_URL", url.as_str()), ("WHARF_TOKEN", "t")];

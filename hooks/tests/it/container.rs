@@ -38,15 +38,7 @@ fn credentials(bed: &Testbed) -> RegistryCredentials {
 
 /// Hook containers of `target`, running or not.
 fn hook_containers(target: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=wharf.hook.target={target}"))
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    wharf_testbed::docker::hook_containers(target).expect("docker ps")
 }
 
 /// Removes any hook container of the target left behind, even if the test fails.
@@ -167,28 +159,115 @@ async fn failing_hooks_carry_their_message_and_last_lines() {
 }
 
 #[tokio::test]
-async fn a_hanging_hook_is_killed_at_its_timeout_and_removed() {
+async fn a_hanging_hook_runs_sandboxed_is_killed_at_its_timeout_and_removed() {
     let bed = testbed().await;
     let target = format!("hookhang{}", wharf_testbed::unique_suffix());
     let _cleanup = Cleanup(target.clone());
-    let hooks = Hooks::new(docker().await, false);
+    let docker = docker().await;
+    let hooks = Hooks::new(docker.clone(), false);
     let creds = credentials(&bed);
     // Pull first so that the timeout measures the hook alone.
     run(&hooks, &hook(&bed, &["pass"]), &target, Some(&creds))
         .await
         .expect("warm-up");
     let mut hang = hook(&bed, &["hang"]);
-    hang.timeout = DurationMs::from_secs(2);
+    hang.timeout = DurationMs::from_secs(6);
     let began = std::time::Instant::now();
-    let err = run(&hooks, &hang, &target, Some(&creds)).await.unwrap_err();
+    let running = run(&hooks, &hang, &target, Some(&creds));
+    tokio::pin!(running);
+    // While it hangs: read the container's sandbox back from the engine.
+    let host_config = tokio::select! {
+        r = &mut running => panic!("the hanging hook ended before it was inspected: {r:?}"),
+        c = hook_host_config(&docker, &target) => c,
+    };
+    assert_eq!(host_config.network_mode.as_deref(), Some("none"));
+    assert_eq!(host_config.readonly_rootfs, Some(true));
+    assert_eq!(host_config.memory, Some(256 << 20));
+    assert_eq!(host_config.memory_swap, Some(256 << 20));
+    assert_eq!(host_config.nano_cpus, Some(1_000_000_000));
+    assert_eq!(host_config.pids_limit, Some(128));
+    assert!(
+        host_config
+            .cap_drop
+            .as_ref()
+            .is_some_and(|c| c.iter().any(|x| x == "ALL")),
+        "{:?}",
+        host_config.cap_drop
+    );
+    assert!(
+        host_config
+            .security_opt
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x.starts_with("no-new-privileges"))),
+        "{:?}",
+        host_config.security_opt
+    );
+    assert!(host_config.binds.unwrap_or_default().is_empty());
+    assert!(host_config.mounts.unwrap_or_default().is_empty());
+    assert!(host_config.devices.unwrap_or_default().is_empty());
+    assert_ne!(host_config.privileged, Some(true));
+    assert!(host_config.cap_add.unwrap_or_default().is_empty());
+
+    let err = running.await.unwrap_err();
     let took = began.elapsed();
     assert!(matches!(err, HookError::TimedOut { .. }), "{err}");
     assert!(err.to_string().contains("mode hang"), "{err}");
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        took >= Duration::from_secs(6) && took < Duration::from_secs(30),
         "{took:?}"
     );
     assert!(hook_containers(&target).is_empty(), "hung hook not removed");
+}
+
+/// Waits (up to 30 s) for the hook container of `target` to run and returns its
+/// `HostConfig` as the engine reports it.
+async fn hook_host_config(docker: &bollard::Docker, target: &str) -> bollard::models::HostConfig {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(id) = hook_containers(target).first() {
+            let info = docker
+                .inspect_container(
+                    id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .expect("inspect the hook container");
+            if info.state.and_then(|s| s.running) == Some(true) {
+                return info.host_config.expect("HostConfig");
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no running hook container for {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn hook_containers_left_by_a_killed_agent_are_removed_by_the_next_run() {
+    let bed = testbed().await;
+    let target = format!("hookstray{}", wharf_testbed::unique_suffix());
+    let _cleanup = Cleanup(target.clone());
+    let hooks = Hooks::new(docker().await, false);
+    let creds = credentials(&bed);
+    run(&hooks, &hook(&bed, &["pass"]), &target, Some(&creds))
+        .await
+        .expect("warm-up");
+    // What a kill -9 during a hook leaves: a labelled hook container nobody removes.
+    let out = Command::new("docker")
+        .args(["create", "--label", "wharf.hook=true", "--label"])
+        .arg(format!("wharf.hook.target={target}"))
+        .arg(bed.hook_image().to_string())
+        .arg("hang")
+        .output()
+        .expect("docker create");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(hook_containers(&target).len(), 1);
+    run(&hooks, &hook(&bed, &["pass"]), &target, Some(&creds))
+        .await
+        .expect("the next hook");
+    assert!(hook_containers(&target).is_empty(), "the stray is left");
 }
 
 /// The address of this host on Docker's default bridge (where a container with a

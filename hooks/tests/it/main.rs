@@ -20,5 +20,7 @@ pub fn input(target: &str) -> HookInput {
         image: format!("127.0.0.1:5000/app@sha256:{}", "b".repeat(64)),
         digest: format!("sha256:{}", "b".repeat(64)),
         previous: Some(format!("sha256:{}", "c".repeat(64))),
+        services: Default::default(),
+        previous_services: Default::default(),
     }
 }

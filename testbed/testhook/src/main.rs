@@ -4,8 +4,9 @@
 //! previous}`) and answers on stdout (`{ok, message, outputs}`), behaving as its first
 //! argument (else `TESTHOOK_MODE`, else `pass`) says:
 //!
-//! - `pass`: `ok: true`; the outputs echo `phase`, `target`, `digest` and `previous` of the
-//!   input (so a test sees the input arrived);
+//! - `pass`: `ok: true`; the outputs echo `phase`, `target`, `digest`, `previous`, `image`
+//!   and `services` (JSON text, for a Compose project) of the input (so a test sees the
+//!   input arrived);
 //! - `fail`: `ok: false` with the message `TESTHOOK_MESSAGE` (default `told to fail`);
 //! - `exit N`: prints `ok: true` but exits with status N;
 //! - `hang`: prints a line to stderr and sleeps forever;
@@ -36,7 +37,7 @@ fn main() {
     };
     eprintln!("testhook: mode {mode}, phase {}", field(&input, "phase"));
     let mut outputs = Map::new();
-    for key in ["phase", "target", "digest", "previous", "image"] {
+    for key in ["phase", "target", "digest", "previous", "image", "services"] {
         outputs.insert(key.to_owned(), Value::String(field(&input, key)));
     }
     let mut ok = true;

@@ -5,7 +5,9 @@
 //! - the story: a two-service project (`web` depends on `api`, two images from two
 //!   repositories) deployed v1 with `wharf compose deploy --wait`, upgraded to v2, then a
 //!   release with `web` broken: failed, `rolled_back=true` with log lines, the whole v2
-//!   release back and answering; an unpinned lock and a `build:` lock refused by the CLI
+//!   release back and answering; v2 goes through passing `--pre-hook`/`--post-hook`
+//!   images (outputs in the result); a failing pre-deploy hook leaves lock, sticker and
+//!   containers as they were, a failing post-deploy hook brings the whole v2 release back; an unpinned lock and a `build:` lock refused by the CLI
 //!   with exit 2 and nothing queued; `wharf compose rollback --wait` to v1; `inspect` and
 //!   `sticker read` name what runs; the registry password is in no file and no log line;
 //! - kill -9 of the agent during `up` (before it, with the Compose child running, and in
@@ -170,7 +172,14 @@ pub(crate) fn result<'a>(task: &'a Value, field: &str) -> &'a Value {
 
 #[test]
 fn compose_deploy_upgrade_broken_restored_refusals_rollback_and_no_secret_anywhere() {
-    let fleet = ComposeFleet::start("compose-story", &[]);
+    let mut fleet = ComposeFleet::start("compose-story", &[]);
+    let hook = fleet.images.bed().hook_image().to_string();
+    let failing_hook = fleet
+        .images
+        .bed_mut()
+        .hook_image_in_mode("fail")
+        .expect("failing hook image")
+        .to_string();
     let entry = fleet
         .core
         .agent_entry(&fleet.agent.name)
@@ -181,6 +190,7 @@ fn compose_deploy_upgrade_broken_restored_refusals_rollback_and_no_secret_anywhe
         caps.contains("compose-v1") || caps.contains("compose-v2"),
         "{entry}"
     );
+    assert!(caps.contains("\"hooks\""), "{entry}");
     let project = format!("e2e{}", wharf_testbed::unique_suffix());
     let _cleanup = ProjectGuard(project.clone());
 
@@ -197,13 +207,60 @@ fn compose_deploy_upgrade_broken_restored_refusals_rollback_and_no_secret_anywhe
     assert!(project_dir.join("compose.lock.yml").is_file());
     assert!(project_dir.join(".wharf/version.json").is_file());
 
-    // v2: the whole project upgraded.
+    // v2: the whole project upgraded, through passing pre- and post-deploy hooks.
+    let lock2 = fleet.lock(TestVersion::V2, TestVersion::V2);
     let (code, t2) = fleet.deploy(
         &project,
-        &fleet.lock(TestVersion::V2, TestVersion::V2),
-        &["--release", "shop@2.0.0", "--wait"],
+        &lock2,
+        &[
+            "--release",
+            "shop@2.0.0",
+            "--pre-hook",
+            &hook,
+            "--post-hook",
+            &hook,
+            "--wait",
+        ],
     );
     assert_eq!(code, Some(0), "{t2}");
+    fleet.runs_release(&project, TestVersion::V2).unwrap();
+    let outputs = result(&t2, "outputs");
+    for phase in ["pre_hook", "post_hook"] {
+        assert_eq!(outputs[format!("{phase}.ok")], "true", "{t2}");
+        assert_eq!(outputs[format!("{phase}.output.target")], project, "{t2}");
+        assert!(
+            outputs[format!("{phase}.duration_ms")]
+                .as_str()
+                .is_some_and(|ms| ms.parse::<u64>().is_ok()),
+            "{t2}"
+        );
+    }
+
+    // A failing pre-deploy hook: lock, sticker and containers as they were.
+    let lock_path = project_dir.join("compose.lock.yml");
+    let sticker_path = project_dir.join(".wharf/version.json");
+    let sticker_before = std::fs::read(&sticker_path).unwrap();
+    let ids_before = project_containers(&project).unwrap();
+    let lock1 = fleet.lock(TestVersion::V1, TestVersion::V1);
+    let (code, pre) = fleet.deploy(&project, &lock1, &["--pre-hook", &failing_hook, "--wait"]);
+    assert_eq!(code, Some(1), "{pre}");
+    assert_eq!(*result(&pre, "error_type"), "hook-failed", "{pre}");
+    assert_eq!(*result(&pre, "rolled_back"), false, "{pre}");
+    assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), lock2);
+    assert_eq!(std::fs::read(&sticker_path).unwrap(), sticker_before);
+    assert_eq!(
+        project_containers(&project).unwrap(),
+        ids_before,
+        "a failed pre-deploy hook changed containers"
+    );
+    fleet.runs_release(&project, TestVersion::V2).unwrap();
+
+    // A failing post-deploy hook: v1 ran, the whole v2 release is back.
+    let (code, post) = fleet.deploy(&project, &lock1, &["--post-hook", &failing_hook, "--wait"]);
+    assert_eq!(code, Some(1), "{post}");
+    assert_eq!(*result(&post, "error_type"), "hook-failed", "{post}");
+    assert_eq!(*result(&post, "rolled_back"), true, "{post}");
+    assert_eq!(std::fs::read_to_string(&lock_path).unwrap(), lock2);
     fleet.runs_release(&project, TestVersion::V2).unwrap();
 
     // release 3 changes api (to the v1 image) and has web broken: the whole v2 release

@@ -3,6 +3,9 @@
 //!
 //! - the story (over QUIC, and again with `--transport poll`): deploy v1, v2 (swap), `broken` (restored: v2 answers again,
 //!   `rolled_back=true` with the failed container's log lines), `rollback` to v1;
+//!   over QUIC, v2 goes through passing `--pre-hook`/`--post-hook` images (their outputs
+//!   in `wharf task show`), then a failing pre-deploy hook leaves v2 untouched and a failing
+//!   post-deploy hook brings the very v2 container back (`rolled_back=true`, exit 1);
 //!   `inspect` and `sticker read` agree with what runs; a digest absent from the registry
 //!   fails with nothing changed; a tag-only reference is refused by the CLI with exit 2
 //!   and nothing queued; the registry password is in no file and no log;
@@ -160,18 +163,27 @@ fn result<'a>(task: &'a Value, field: &str) -> &'a Value {
 #[test]
 fn deploy_swap_broken_restored_rollback_inspect_sticker_and_no_secret_anywhere() {
     // The binary's default transport is `auto`: QUIC, which connects here.
-    story("story", &[], "quic");
+    story("story", &[], "quic", true);
 }
 
 /// The same story with `--transport poll` (HTTPS long polling, no UDP at all).
 #[test]
 fn the_story_over_https_polling() {
-    story("story-poll", &[("WHARF_TRANSPORT", "poll")], "poll");
+    story("story-poll", &[("WHARF_TRANSPORT", "poll")], "poll", false);
 }
 
-/// The story with an agent started with `agent_env`, whose session must use `transport`.
-fn story(name: &str, agent_env: &[(&str, &str)], transport: &str) {
-    let fleet = Fleet::start(name, agent_env);
+/// The story with an agent started with `agent_env`, whose session must use `transport`;
+/// `hooks`: with the hook chapter.
+fn story(name: &str, agent_env: &[(&str, &str)], transport: &str, hooks: bool) {
+    let mut fleet = Fleet::start(name, agent_env);
+    let failing_hook = hooks.then(|| {
+        fleet
+            .bed
+            .hook_image_in_mode("fail")
+            .expect("failing hook image")
+            .to_string()
+    });
+    let hook = fleet.bed.hook_image().to_string();
     let entry = fleet
         .core
         .agent_entry(&fleet.agent.name)
@@ -196,13 +208,21 @@ fn story(name: &str, agent_env: &[(&str, &str)], transport: &str) {
         "no previous after the first deploy"
     );
 
-    // v2: a swap; v1 kept as the previous container.
-    let (code, t2) = fleet.deploy(&target, port, TestVersion::V2, &["--release", "web@2.0.0"]);
+    // v2: a swap; v1 kept as the previous container (with the hook chapter: through a
+    // passing pre- and post-deploy hook).
+    let mut v2_args = vec!["--release", "web@2.0.0"];
+    if hooks {
+        v2_args.extend(["--pre-hook", &hook, "--post-hook", &hook]);
+    }
+    let (code, t2) = fleet.deploy(&target, port, TestVersion::V2, &v2_args);
     assert_eq!(code, Some(0), "{t2}");
     assert_eq!(version_on(port).as_deref(), Some("v2"));
     let (_, prev_digest, _) = container(&previous).expect("v1 kept as previous");
     assert_eq!(prev_digest, fleet.digest(TestVersion::V1));
     let (_, _, v2_id) = container(&target).unwrap();
+    if let Some(failing_hook) = &failing_hook {
+        hook_chapter(&fleet, &t2, &target, port, &v2_id, failing_hook);
+    }
 
     // broken: fails its health check; v2 restored and answering; the failed container's
     // log lines are in the result.
@@ -323,6 +343,85 @@ fn story(name: &str, agent_env: &[(&str, &str)], transport: &str) {
             ("agent", fleet.agent.process.output()),
         ],
     );
+}
+
+/// The hooks through the real programs: `t2` (v2 through passing hooks) shows their
+/// outputs in `wharf task show`; a failing pre-deploy hook leaves the v2 container
+/// (`v2_id`) untouched; a failing post-deploy hook brings it back, `rolled_back=true`.
+fn hook_chapter(
+    fleet: &Fleet,
+    t2: &Value,
+    target: &str,
+    port: u16,
+    v2_id: &str,
+    failing_hook: &str,
+) {
+    let id = t2["id"].as_str().expect("task id");
+    let (code, shown) = fleet.wharf_json(&["task", "show", id]);
+    assert_eq!(code, Some(0), "{shown}");
+    let outputs = result(&shown, "outputs");
+    for phase in ["pre_hook", "post_hook"] {
+        assert_eq!(outputs[format!("{phase}.ok")], "true", "{shown}");
+        assert_eq!(
+            outputs[format!("{phase}.message")],
+            "testhook pass ran",
+            "{shown}"
+        );
+        let ms = outputs[format!("{phase}.duration_ms")]
+            .as_str()
+            .unwrap_or("");
+        assert!(ms.parse::<u64>().is_ok(), "{phase} duration: {shown}");
+        assert_eq!(outputs[format!("{phase}.output.target")], target, "{shown}");
+    }
+    assert_eq!(
+        outputs["post_hook.output.digest"],
+        fleet.digest(TestVersion::V2)
+    );
+    assert_eq!(
+        outputs["post_hook.output.previous"],
+        fleet.digest(TestVersion::V1)
+    );
+    let text = fleet.raw(&["task", "show", id]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("pre-hook:     passed in") && text.contains("post-hook:    passed in"),
+        "{text}"
+    );
+
+    // Deploys of v1 with a failing hook (the image's fixed mode is `fail`).
+    let (code, pre) = fleet.deploy(target, port, TestVersion::V1, &["--pre-hook", failing_hook]);
+    assert_eq!(code, Some(1), "{pre}");
+    assert_eq!(pre["state"], "failed", "{pre}");
+    assert_eq!(*result(&pre, "error_type"), "hook-failed", "{pre}");
+    assert_eq!(*result(&pre, "rolled_back"), false, "{pre}");
+    assert!(
+        result(&pre, "error")
+            .as_str()
+            .is_some_and(|e| e.contains("told to fail") && e.contains("nothing was changed")),
+        "{pre}"
+    );
+    let (running, _, id_after) = container(target).unwrap();
+    assert!(
+        running && id_after == v2_id,
+        "the pre-hook failure changed the target"
+    );
+    assert_eq!(version_on(port).as_deref(), Some("v2"));
+
+    let (code, post) = fleet.deploy(
+        target,
+        port,
+        TestVersion::V1,
+        &["--post-hook", failing_hook],
+    );
+    assert_eq!(code, Some(1), "{post}");
+    assert_eq!(*result(&post, "error_type"), "hook-failed", "{post}");
+    assert_eq!(*result(&post, "rolled_back"), true, "{post}");
+    assert_eq!(result(&post, "outputs")["post_hook.ok"], "false", "{post}");
+    let (running, digest, id_after) = container(target).unwrap();
+    assert!(running);
+    assert_eq!(digest, fleet.digest(TestVersion::V2));
+    assert_eq!(id_after, v2_id, "the very v2 container is back");
+    assert_eq!(version_on(port).as_deref(), Some("v2"));
 }
 
 /// Fails if `secret` is in a file under one of `dirs` or in one of the named outputs.
