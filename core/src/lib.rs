@@ -11,6 +11,7 @@ pub mod audit;
 pub mod cli;
 pub mod directory;
 pub mod engine;
+pub mod evidence;
 pub mod pki;
 pub mod queue;
 pub mod store;

@@ -445,6 +445,28 @@ pub enum TaskCommand {
         /// Task id.
         id: Uuid,
     },
+    /// Print the signed evidence record of a finished deploy or rollback (save it to
+    /// verify it later); with --verify, check its signature too.
+    Evidence {
+        /// Task id.
+        id: Uuid,
+        /// Verify the record's signature with --key (exit 1 if it does not verify).
+        #[arg(long, requires = "key")]
+        verify: bool,
+        /// Core's sticker verifying key: `sticker.pub` from core's data dir (a keyring file,
+        /// one `ed25519 BASE64` line per trusted key).
+        #[arg(long, env = "WHARF_STICKER_KEY", value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Verify a saved evidence record offline, with only core's public key (no core
+    /// connection).
+    VerifyEvidence {
+        /// The saved record (`wharf task evidence ID > FILE`), `-` for stdin.
+        file: PathBuf,
+        /// Core's sticker verifying key (`sticker.pub` from core's data dir).
+        #[arg(long, env = "WHARF_STICKER_KEY", value_name = "FILE")]
+        key: PathBuf,
+    },
 }
 
 /// `wharf audit-log [verify]`.
