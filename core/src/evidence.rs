@@ -335,7 +335,7 @@ fn is_digest(d: &str) -> bool {
 }
 
 /// A Compose result's `services` output (`{"service": "repo@sha256:…"}`) as components.
-fn compose_services(text: &str) -> Option<Vec<Component>> {
+pub(crate) fn compose_services(text: &str) -> Option<Vec<Component>> {
     let map: BTreeMap<String, String> = serde_json::from_str(text).ok()?;
     let components: Vec<Component> = map
         .iter()

@@ -107,6 +107,24 @@ pub enum Command {
     Compose(ComposeCommand),
     /// Core's hash-chained audit log of every change.
     AuditLog(AuditLogArgs),
+    /// Every deploy and rollback of a target or Compose project, newest first, and which
+    /// of them `wharf rollback` can go back to now.
+    History(HistoryArgs),
+}
+
+/// `wharf history`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("of").required(true).multiple(false)))]
+pub struct HistoryArgs {
+    /// The agent's name.
+    #[arg(long)]
+    pub agent: String,
+    /// The target container.
+    #[arg(long, group = "of")]
+    pub target: Option<String>,
+    /// The Compose project.
+    #[arg(long, group = "of")]
+    pub project: Option<String>,
 }
 
 /// `wharf compose ...`
@@ -563,6 +581,41 @@ mod tests {
             cli.command,
             Command::AuditLog(AuditLogArgs { after: Some(5), .. })
         ));
+    }
+
+    #[test]
+    fn history_takes_exactly_one_of_target_and_project() {
+        let cli = Cli::try_parse_from(["wharf", "history", "--agent", "a", "--project", "p"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::History(HistoryArgs { project: Some(_), target: None, .. })
+        ));
+        let err = Cli::try_parse_from(["wharf", "history", "--agent", "a"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let err = Cli::try_parse_from([
+            "wharf", "history", "--agent", "a", "--target", "t", "--project", "p",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn evidence_verify_needs_a_key() {
+        let err = Cli::try_parse_from([
+            "wharf",
+            "task",
+            "evidence",
+            "00000000-0000-0000-0000-000000000000",
+            "--verify",
+        ]);
+        // Without WHARF_STICKER_KEY in the environment, --verify needs --key.
+        if std::env::var_os("WHARF_STICKER_KEY").is_none() {
+            assert_eq!(
+                err.unwrap_err().kind(),
+                clap::error::ErrorKind::MissingRequiredArgument
+            );
+        }
     }
 
     #[test]

@@ -104,7 +104,34 @@ pub async fn run(cli: Cli) -> Result<u8> {
             submit(conn, format, &req, args.wait).await
         }
         Command::AuditLog(args) => audit_log(conn, format, args).await,
+        Command::History(args) => history(conn, format, &args).await,
     }
+}
+
+async fn history(
+    conn: &ConnectionArgs,
+    format: OutputFormat,
+    args: &super::args::HistoryArgs,
+) -> Result<u8> {
+    let (key, name) = match (&args.target, &args.project) {
+        (Some(t), _) => ("target", t),
+        (None, Some(p)) => ("project", p),
+        (None, None) => {
+            return Err(InvalidInput::new("--target", "give --target T or --project P").into())
+        }
+    };
+    let client = Client::new(conn)?;
+    let query = [("agent", args.agent.clone()), (key, name.clone())];
+    let answer = client
+        .get(&["v1", "history"], &query)
+        .await
+        .with_context(|| format!("cannot read the history of {key} `{name}` on `{}`", args.agent))?;
+    emit(format, &answer.body, || {
+        let entries: Vec<crate::history::HistoryEntry> =
+            serde_json::from_value(answer.body.clone()).unwrap_or_default();
+        output::history_table(&entries)
+    })?;
+    Ok(EXIT_OK)
 }
 
 async fn agent(conn: &ConnectionArgs, format: OutputFormat, cmd: AgentCommand) -> Result<u8> {
