@@ -112,10 +112,7 @@ pub fn build(f: &Finished<'_>) -> Evidence {
     let outputs = result.map(|r| &r.outputs);
     let output = |key: &str| outputs.and_then(|o| o.get(key)).map(String::as_str);
     let sticker = sticker_of(f.payload);
-    let is_docker = matches!(
-        f.payload,
-        TaskPayload::Deploy(_) | TaskPayload::Rollback(_)
-    );
+    let is_docker = matches!(f.payload, TaskPayload::Deploy(_) | TaskPayload::Rollback(_));
 
     // What ran before.
     let recorded = sticker
@@ -123,7 +120,10 @@ pub fn build(f: &Finished<'_>) -> Evidence {
         .and_then(|s| s.previous.clone())
         .or_else(|| f.recorded_before.cloned());
     let mut before = recorded.map(|p| p.components).unwrap_or_default();
-    if let (true, Some(seen)) = (is_docker, output("previous_digest").filter(|d| is_digest(d))) {
+    if let (true, Some(seen)) = (
+        is_docker,
+        output("previous_digest").filter(|d| is_digest(d)),
+    ) {
         match before.iter_mut().find(|c| c.name == record.target) {
             Some(c) => c.digest = seen.to_string(),
             None => {
@@ -261,21 +261,19 @@ pub struct Sealed {
 /// # Errors
 ///
 /// The record cannot be signed (it breaks a schema rule or is too large).
-pub fn seal(
-    evidence: &Evidence,
-    key: &SigningKey,
-) -> Result<Sealed, wharf_sticker::EvidenceError> {
+pub fn seal(evidence: &Evidence, key: &SigningKey) -> Result<Sealed, wharf_sticker::EvidenceError> {
     let signed: SignedEvidence = evidence.sign(key)?;
     let bytes = signed.to_bytes();
     let sha256 = wharf_sticker::sha256_hex(&bytes);
-    let audit = AuditRecord::new(ACTOR, "task.finished", evidence.task.id.to_string())
-        .with_detail(serde_json::json!({
+    let audit = AuditRecord::new(ACTOR, "task.finished", evidence.task.id.to_string()).with_detail(
+        serde_json::json!({
             "agent": evidence.task.agent,
             "target": evidence.task.target,
             "kind": evidence.task.kind,
             "state": evidence.outcome.state,
             "evidence_sha256": sha256,
-        }));
+        }),
+    );
     Ok(Sealed {
         id: evidence.task.id,
         bytes,
@@ -429,5 +427,255 @@ mod tests {
         assert!(missing_reason("inspect", TaskState::Succeeded).contains("only deploy"));
         assert!(missing_reason("deploy", TaskState::Running).contains("running"));
         assert!(missing_reason("deploy", TaskState::Cancelled).contains("without having started"));
+    }
+}
+
+/// The engine writes records with the terminal state: unit tests on the in-memory store.
+#[cfg(test)]
+mod engine_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use wharf_protocol::{
+        AgentTask, DeploySpec, ErrorType, Priority, SealedCredentials, TaskPayload, TaskResult,
+        Timestamp,
+    };
+    use wharf_sticker::{Keyring, SigningKey, Verification};
+
+    use crate::audit::AuditLog;
+    use crate::engine::{
+        AgentDirectory, Engine, EngineConfig, Session, SessionCommand, SubmitRequest,
+    };
+    use crate::queue::TaskState;
+    use crate::store::{MemoryStore, Store, Table};
+
+    const V1: &str =
+        "127.0.0.1:5000/app@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const V2: &str =
+        "127.0.0.1:5000/app@sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn digest(image: &str) -> String {
+        image.rsplit_once('@').unwrap().1.to_string()
+    }
+
+    struct OneAgent;
+
+    impl AgentDirectory for OneAgent {
+        fn agent_exists(&self, name: &str) -> bool {
+            name == "host-1"
+        }
+        fn seal_credentials(
+            &self,
+            _: &str,
+            _: &AgentTask,
+            _: &[wharf_protocol::ImageRef],
+        ) -> Result<Option<SealedCredentials>, String> {
+            Ok(None)
+        }
+    }
+
+    fn request(payload: TaskPayload) -> SubmitRequest {
+        SubmitRequest {
+            agent: "host-1".into(),
+            target: "web".into(),
+            payload,
+            priority: Priority::Normal,
+            idempotency_key: None,
+            expires_at: None,
+            expires_in: None,
+            timeout: None,
+            max_attempts: Some(1),
+        }
+    }
+
+    async fn assigned(session: &mut Session) -> AgentTask {
+        match tokio::time::timeout(Duration::from_secs(5), session.commands.recv()).await {
+            Ok(Some(SessionCommand::Assign(task))) => *task,
+            other => panic!("expected an Assign, got {other:?}"),
+        }
+    }
+
+    /// Submits, takes the Assign, accepts and reports `result` (adjusted to the task).
+    async fn run(
+        engine: &Engine,
+        session: &mut Session,
+        payload: TaskPayload,
+        result: impl FnOnce(uuid::Uuid) -> TaskResult,
+    ) -> uuid::Uuid {
+        let (_, view) = engine.submit(request(payload), "alice").await.unwrap();
+        let task = assigned(session).await;
+        engine.accepted("host-1", task.id, 1).await.unwrap();
+        engine.result("host-1", result(view.id)).await.unwrap();
+        view.id
+    }
+
+    #[tokio::test]
+    async fn finished_deploys_get_signed_evidence_and_a_chained_audit_entry() {
+        let (key, _) = SigningKey::generate().unwrap();
+        let keyring = Keyring::from(key.verifying_key().clone());
+        let store = MemoryStore::new();
+        let shared: Arc<dyn Store> = Arc::new(store.clone());
+        let audit = AuditLog::open(shared.clone()).unwrap();
+        let engine = Engine::start(
+            shared.clone(),
+            Arc::new(OneAgent),
+            Some(Arc::new(key)),
+            EngineConfig::default().with_audit(audit.clone()),
+        )
+        .unwrap();
+        let mut session = engine.open_session("host-1", "quic").await.unwrap();
+
+        // A first deploy: nothing before, V1 after, the hook outputs kept.
+        let first = run(
+            &engine,
+            &mut session,
+            TaskPayload::Deploy(DeploySpec::new(V1)),
+            |id| {
+                let mut r = TaskResult::success(id, 1, Timestamp::now());
+                r.outputs.insert("running_digest".into(), digest(V1));
+                r.outputs.insert("post_hook.ok".into(), "true".into());
+                r.outputs.insert("container_id".into(), "c1".into());
+                r.metrics.pull_ms = Some(12);
+                r
+            },
+        )
+        .await;
+        let bytes = super::read(&*shared, first)
+            .unwrap()
+            .expect("evidence stored");
+        let Verification::Valid(e) = wharf_sticker::verify_evidence(&bytes, &keyring) else {
+            panic!("the evidence does not verify");
+        };
+        assert_eq!((e.task.id, e.task.kind.as_str()), (first, "deploy"));
+        assert_eq!(e.requested_by, "alice");
+        assert!(e.before.components.is_empty());
+        assert_eq!(e.after.components[0].digest, digest(V1));
+        assert_eq!(e.after.components[0].image, "127.0.0.1:5000/app");
+        assert_eq!(
+            e.hooks.get("post_hook.ok").map(String::as_str),
+            Some("true")
+        );
+        assert!(!e.hooks.contains_key("container_id"));
+        assert_eq!(
+            (e.outcome.state.as_str(), e.outcome.success),
+            ("succeeded", true)
+        );
+        assert_eq!(e.health.status, "passed");
+        assert_eq!(e.metrics.pull_ms, Some(12));
+        let release = e.release.unwrap();
+        assert_eq!(
+            (release.name.as_str(), release.version.as_str()),
+            ("web", "sha256:111111111111")
+        );
+
+        // A failed deploy restored V1: before V1 (core's record and what the agent saw),
+        // after V1, health failed.
+        let second = run(
+            &engine,
+            &mut session,
+            TaskPayload::Deploy(DeploySpec::new(V2)),
+            |id| {
+                let mut r = TaskResult::failure(
+                    id,
+                    1,
+                    Timestamp::now(),
+                    ErrorType::HealthFailed,
+                    "unhealthy",
+                );
+                r.retriable = false;
+                r.rolled_back = true;
+                r.outputs.insert("previous_digest".into(), digest(V1));
+                r.outputs.insert("running_digest".into(), digest(V1));
+                r.metrics.health_ms = Some(3000);
+                r
+            },
+        )
+        .await;
+        let bytes2 = super::read(&*shared, second)
+            .unwrap()
+            .expect("evidence stored");
+        let e2 = wharf_sticker::verify_evidence(&bytes2, &keyring)
+            .into_valid()
+            .unwrap();
+        assert_eq!(e2.before.components[0].digest, digest(V1));
+        assert_eq!(e2.after.components[0].digest, digest(V1));
+        assert_eq!(
+            (e2.outcome.state.as_str(), e2.outcome.rolled_back),
+            ("failed", true)
+        );
+        assert_eq!(e2.outcome.error_type.as_deref(), Some("health-failed"));
+        assert_eq!(e2.health.status, "failed");
+
+        // The chain holds a task.finished entry per record, with the document's hash.
+        let finished: Vec<_> = audit
+            .list(0, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|entry| entry.action == "task.finished")
+            .collect();
+        assert_eq!(finished.len(), 2);
+        assert_eq!(finished[0].target, first.to_string());
+        assert_eq!(
+            finished[0].detail["evidence_sha256"],
+            wharf_sticker::sha256_hex(&bytes)
+        );
+        assert_eq!(
+            finished[1].detail["evidence_sha256"],
+            wharf_sticker::sha256_hex(&bytes2)
+        );
+        assert_eq!(finished[1].detail["state"], "failed");
+        audit.verify().unwrap();
+
+        // An inspect, and a deploy cancelled while queued, get no record.
+        let inspect = run(&engine, &mut session, TaskPayload::Inspect, |id| {
+            TaskResult::success(id, 1, Timestamp::now())
+        })
+        .await;
+        assert_eq!(super::read(&*shared, inspect).unwrap(), None);
+        let mut other = request(TaskPayload::Deploy(DeploySpec::new(V2)));
+        other.target = "api".into();
+        other.expires_in = Some(wharf_protocol::DurationMs::from_mins(10));
+        engine.close_session("host-1", session.id);
+        let (_, queued) = engine.submit(other, "alice").await.unwrap();
+        let cancelled = engine.cancel(queued.id, "alice").await.unwrap();
+        assert_eq!(cancelled.state, TaskState::Cancelled);
+        assert_eq!(super::read(&*shared, queued.id).unwrap(), None);
+        assert_eq!(store.scan(Table::Evidence).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_keeps_neither_the_terminal_state_nor_the_evidence() {
+        let (key, _) = SigningKey::generate().unwrap();
+        let store = MemoryStore::new();
+        let shared: Arc<dyn Store> = Arc::new(store.clone());
+        let engine = Engine::start(
+            shared.clone(),
+            Arc::new(OneAgent),
+            Some(Arc::new(key)),
+            EngineConfig::default(),
+        )
+        .unwrap();
+        let mut session = engine.open_session("host-1", "quic").await.unwrap();
+        let (_, view) = engine
+            .submit(request(TaskPayload::Deploy(DeploySpec::new(V1))), "alice")
+            .await
+            .unwrap();
+        assigned(&mut session).await;
+        engine.accepted("host-1", view.id, 1).await.unwrap();
+        store.set_fail_commits(true);
+        let answer = engine
+            .result("host-1", TaskResult::success(view.id, 1, Timestamp::now()))
+            .await;
+        assert!(
+            answer.is_err(),
+            "a result is not acknowledged before it is durable"
+        );
+        assert!(store.scan(Table::Evidence).unwrap().is_empty());
+        let stored = store
+            .get(Table::Tasks, view.id.as_bytes())
+            .unwrap()
+            .unwrap();
+        let task: crate::engine::StoredTask = postcard::from_bytes(&stored).unwrap();
+        assert_eq!(task.record.state, TaskState::Running);
     }
 }

@@ -181,7 +181,11 @@ pub async fn build(
         } else if Some(entry.task_id) == current {
             RollbackTarget::new(RollbackStatus::Running, "runs now (core's record)", None)
         } else if Some(entry.task_id) == previous {
-            RollbackTarget::new(RollbackStatus::Kept, kept_detail, Some(kept_command.clone()))
+            RollbackTarget::new(
+                RollbackStatus::Kept,
+                kept_detail,
+                Some(kept_command.clone()),
+            )
         } else if digests.is_empty() {
             RollbackTarget::new(
                 RollbackStatus::Unknown,
@@ -189,15 +193,23 @@ pub async fn build(
                 None,
             )
         } else if current_digests.as_ref() == Some(&digests) {
-            RollbackTarget::new(
-                RollbackStatus::Running,
-                "the same digests run now",
-                None,
-            )
+            RollbackTarget::new(RollbackStatus::Running, "the same digests run now", None)
         } else if previous_digests.as_ref() == Some(&digests) {
-            RollbackTarget::new(RollbackStatus::Kept, kept_detail, Some(kept_command.clone()))
+            RollbackTarget::new(
+                RollbackStatus::Kept,
+                kept_detail,
+                Some(kept_command.clone()),
+            )
         } else {
-            pullability(agent, target, compose, entry, current_repository.as_deref(), probe).await
+            pullability(
+                agent,
+                target,
+                compose,
+                entry,
+                current_repository.as_deref(),
+                probe,
+            )
+            .await
         };
     }
     entries
@@ -310,7 +322,164 @@ fn entry_of(task: &TaskView, signed: Option<SignedEvidence>) -> HistoryEntry {
         created_at: task.created_at,
         completed_at: task.state.is_terminal().then_some(task.updated_at),
         rolled_back: result.is_some_and(|r| r.rolled_back),
-        error: result.and_then(|r| r.error.clone()).or_else(|| task.error.clone()),
+        error: result
+            .and_then(|r| r.error.clone())
+            .or_else(|| task.error.clone()),
         rollback: RollbackTarget::new(RollbackStatus::NotApplicable, "", None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use wharf_protocol::{Priority, TaskResult};
+
+    use super::*;
+
+    fn digest(n: u8) -> String {
+        format!("sha256:{}", format!("{n:02x}").repeat(32))
+    }
+
+    /// A finished docker deploy of `digest(n)` submitted at second `n`.
+    fn deploy(n: u8, state: TaskState) -> TaskView {
+        let id = Uuid::from_u128(u128::from(n));
+        let mut result = TaskResult::success(id, 1, Timestamp::from_millis(i64::from(n) * 1000));
+        result.success = state == TaskState::Succeeded;
+        result
+            .outputs
+            .insert("image".into(), format!("127.0.0.1:5000/app@{}", digest(n)));
+        TaskView {
+            id,
+            kind: TaskKind::Deploy,
+            state,
+            agent: "a".into(),
+            target: "web".into(),
+            idempotency_key: None,
+            attempt: 1,
+            created_at: Timestamp::from_millis(i64::from(n) * 1000),
+            updated_at: Timestamp::from_millis(i64::from(n) * 1000 + 500),
+            requested_by: "ci".into(),
+            priority: Priority::Normal,
+            expires_at: None,
+            cancel_requested: false,
+            error: None,
+            result: Some(result),
+        }
+    }
+
+    struct Table(HashMap<String, Pullable>, Vec<String>);
+
+    impl Probe for Table {
+        fn check(&mut self, repository: &str, digest: &str) -> impl Future<Output = Pullable> {
+            self.1.push(format!("{repository}@{digest}"));
+            let answer = self.0.get(digest).cloned().unwrap_or(Pullable::Unknown {
+                reason: "registry down".into(),
+            });
+            std::future::ready(answer)
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_are_newest_first_with_their_rollback_column() {
+        let tasks = vec![
+            deploy(1, TaskState::Succeeded),
+            deploy(2, TaskState::Succeeded),
+            deploy(3, TaskState::Succeeded),
+            deploy(4, TaskState::Succeeded),
+            deploy(5, TaskState::Failed),
+            deploy(6, TaskState::Succeeded),
+        ];
+        let id = |n: u8| Uuid::from_u128(u128::from(n));
+        let mut probe = Table(
+            HashMap::from([
+                (digest(2), Pullable::Yes),
+                (
+                    digest(3),
+                    Pullable::No {
+                        reason: "gone".into(),
+                    },
+                ),
+            ]),
+            Vec::new(),
+        );
+        let entries = build(
+            "a",
+            "web",
+            false,
+            tasks,
+            |_| None,
+            Some((id(6), Some(id(4)))),
+            &mut probe,
+        )
+        .await;
+        let order: Vec<Uuid> = entries.iter().map(|e| e.task_id).collect();
+        assert_eq!(order, [6, 5, 4, 3, 2, 1].map(id));
+        let status: Vec<RollbackStatus> = entries.iter().map(|e| e.rollback.status).collect();
+        assert_eq!(
+            status,
+            [
+                RollbackStatus::Running,
+                RollbackStatus::NotApplicable,
+                RollbackStatus::Kept,
+                RollbackStatus::NotPullable,
+                RollbackStatus::Pullable,
+                RollbackStatus::Unknown,
+            ]
+        );
+        assert_eq!(entries[2].rollback.detail, "previous container kept");
+        assert_eq!(
+            entries[2].rollback.command.as_deref(),
+            Some("wharf rollback --agent a --target web")
+        );
+        assert_eq!(
+            entries[4].rollback.command,
+            Some(format!(
+                "wharf rollback --agent a --target web --to {}",
+                digest(2)
+            ))
+        );
+        assert_eq!(entries[5].rollback.detail, "registry down");
+        // Only the older successful entries were asked about, each once.
+        assert_eq!(probe.1.len(), 3, "{:?}", probe.1);
+        assert_eq!(entries[0].components[0].digest, digest(6));
+        assert_eq!(entries[1].completed_at, Some(Timestamp::from_millis(5500)));
+    }
+
+    #[tokio::test]
+    async fn other_repositories_and_other_targets() {
+        let mut other = deploy(1, TaskState::Succeeded);
+        other.result.as_mut().unwrap().outputs.insert(
+            "image".into(),
+            format!("127.0.0.1:5000/other@{}", digest(1)),
+        );
+        let mut elsewhere = deploy(3, TaskState::Succeeded);
+        elsewhere.target = "api".into();
+        let tasks = vec![other, deploy(2, TaskState::Succeeded), elsewhere];
+        let mut probe = Table(HashMap::new(), Vec::new());
+        let entries = build(
+            "a",
+            "web",
+            false,
+            tasks,
+            |_| None,
+            Some((Uuid::from_u128(2), None)),
+            &mut probe,
+        )
+        .await;
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].rollback.status, RollbackStatus::OtherRepository);
+        assert!(probe.1.is_empty());
+        let compose = build(
+            "a",
+            "web",
+            true,
+            vec![deploy(2, TaskState::Succeeded)],
+            |_| None,
+            None,
+            &mut probe,
+        )
+        .await;
+        assert!(compose.is_empty());
     }
 }

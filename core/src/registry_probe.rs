@@ -183,7 +183,10 @@ impl Prober {
             Some((Ok(pem), _)) => (crate::pki::registry_client_config(&pem), None),
             Some((Err(e), path)) => (
                 crate::pki::registry_client_config(&[]),
-                Some(format!("core cannot read the CA bundle {}: {e}", path.display())),
+                Some(format!(
+                    "core cannot read the CA bundle {}: {e}",
+                    path.display()
+                )),
             ),
             None => (
                 crate::pki::registry_client_config(&[]),
@@ -226,7 +229,10 @@ impl Prober {
                 return unknown(problem.clone());
             }
         }
-        let state = self.registries.entry(location.registry.clone()).or_default();
+        let state = self
+            .registries
+            .entry(location.registry.clone())
+            .or_default();
         if let Some(down) = &state.down {
             return unknown(down.clone());
         }
@@ -239,7 +245,10 @@ impl Prober {
         }
         let started = Instant::now();
         let answer = self.ask_registry(&location, digest).await;
-        let state = self.registries.entry(location.registry.clone()).or_default();
+        let state = self
+            .registries
+            .entry(location.registry.clone())
+            .or_default();
         state.spent += started.elapsed();
         match answer {
             Ok(pullable) => pullable,
@@ -257,7 +266,9 @@ impl Prober {
             .registries
             .get(&at.registry)
             .and_then(|s| s.token.clone());
-        let mut response = self.head(&url, token.map(|t| format!("Bearer {t}")), at).await?;
+        let mut response = self
+            .head(&url, token.map(|t| format!("Bearer {t}")), at)
+            .await?;
         if response.0 == StatusCode::UNAUTHORIZED {
             let credentials = (self.credentials)(&at.registry);
             let challenge = response
@@ -266,7 +277,11 @@ impl Prober {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
-            let authorization = if challenge.trim_start().to_ascii_lowercase().starts_with("bearer") {
+            let authorization = if challenge
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("bearer")
+            {
                 match self
                     .bearer_token(&challenge, at, credentials.as_ref())
                     .await?
@@ -378,9 +393,7 @@ impl Prober {
             access_token: Option<String>,
         }
         match response.json::<TokenAnswer>().await {
-            Ok(TokenAnswer {
-                token: Some(t), ..
-            })
+            Ok(TokenAnswer { token: Some(t), .. })
             | Ok(TokenAnswer {
                 access_token: Some(t),
                 ..
@@ -472,7 +485,10 @@ mod tests {
             ("docker.io", "https://registry-1.docker.io", "library/nginx")
         );
         let l = locate("team/app");
-        assert_eq!((l.registry.as_str(), l.path.as_str()), ("docker.io", "team/app"));
+        assert_eq!(
+            (l.registry.as_str(), l.path.as_str()),
+            ("docker.io", "team/app")
+        );
         assert!(is_loopback("[::1]:5000"));
         assert!(is_loopback("127.3.4.5:80"));
         assert!(!is_loopback("10.0.0.1:5000"));

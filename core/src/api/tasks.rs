@@ -138,7 +138,9 @@ pub(super) async fn evidence(
         ))),
         Err(error) => {
             tracing::error!(%id, %error, "cannot read an evidence record");
-            Err(ApiError::internal("cannot read the evidence record from the store"))
+            Err(ApiError::internal(
+                "cannot read the evidence record from the store",
+            ))
         }
     }
 }

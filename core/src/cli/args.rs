@@ -585,16 +585,27 @@ mod tests {
 
     #[test]
     fn history_takes_exactly_one_of_target_and_project() {
-        let cli = Cli::try_parse_from(["wharf", "history", "--agent", "a", "--project", "p"])
-            .unwrap();
+        let cli =
+            Cli::try_parse_from(["wharf", "history", "--agent", "a", "--project", "p"]).unwrap();
         assert!(matches!(
             cli.command,
-            Command::History(HistoryArgs { project: Some(_), target: None, .. })
+            Command::History(HistoryArgs {
+                project: Some(_),
+                target: None,
+                ..
+            })
         ));
         let err = Cli::try_parse_from(["wharf", "history", "--agent", "a"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         let err = Cli::try_parse_from([
-            "wharf", "history", "--agent", "a", "--target", "t", "--project", "p",
+            "wharf",
+            "history",
+            "--agent",
+            "a",
+            "--target",
+            "t",
+            "--project",
+            "p",
         ])
         .unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);

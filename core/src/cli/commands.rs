@@ -125,7 +125,12 @@ async fn history(
     let answer = client
         .get(&["v1", "history"], &query)
         .await
-        .with_context(|| format!("cannot read the history of {key} `{name}` on `{}`", args.agent))?;
+        .with_context(|| {
+            format!(
+                "cannot read the history of {key} `{name}` on `{}`",
+                args.agent
+            )
+        })?;
     emit(format, &answer.body, || {
         let entries: Vec<crate::history::HistoryEntry> =
             serde_json::from_value(answer.body.clone()).unwrap_or_default();

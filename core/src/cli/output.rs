@@ -175,7 +175,11 @@ pub fn history_table(entries: &[crate::history::HistoryEntry]) -> String {
                 e.task_id.to_string(),
                 e.kind.to_string(),
                 e.release.clone().unwrap_or_else(|| "-".into()),
-                if digests.is_empty() { "-".into() } else { digests.join(",") },
+                if digests.is_empty() {
+                    "-".into()
+                } else {
+                    digests.join(",")
+                },
                 e.requested_by.clone(),
                 e.completed_at.unwrap_or(e.created_at).to_string(),
                 outcome,

@@ -519,7 +519,8 @@ impl Engine {
     /// one before it (where `wharf rollback` without `--to` goes), if any.
     pub async fn kept_record(&self, agent: &str, target: &str) -> Option<(TaskId, Option<TaskId>)> {
         let state = self.state.read().await;
-        history(&state, agent, target).map(|h| (h.current.task, h.previous.as_ref().map(|p| p.task)))
+        history(&state, agent, target)
+            .map(|h| (h.current.task, h.previous.as_ref().map(|p| p.task)))
     }
 
     /// Watches task events (state changes and progress lines) of every task; filter by
@@ -937,8 +938,7 @@ impl Actor {
         };
         let mut sealed = Vec::new();
         for id in changed {
-            let (Some(record), Some(extras)) = (state.queue.get(*id), state.extras.get(id))
-            else {
+            let (Some(record), Some(extras)) = (state.queue.get(*id), state.extras.get(id)) else {
                 continue;
             };
             if !crate::evidence::is_due(record, extras.result.as_ref())
