@@ -1,5 +1,6 @@
 mod api;
 mod cli;
+mod evidence;
 mod poll;
 mod quic;
 mod store;
