@@ -4,6 +4,7 @@
 mod cli;
 mod compose_agent;
 mod docker_agent;
+mod history;
 mod registry;
 mod simagent;
 mod testapp;
