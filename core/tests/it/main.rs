@@ -3,4 +3,5 @@ mod cli;
 mod evidence;
 mod poll;
 mod quic;
+mod registry_probe;
 mod store;
