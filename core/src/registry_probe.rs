@@ -358,6 +358,19 @@ impl Prober {
                 at.registry
             )));
         };
+        // Credentials go to the realm only over https (or to this machine).
+        let realm_ok = reqwest::Url::parse(realm).is_ok_and(|url| {
+            url.scheme() == "https"
+                || (url.scheme() == "http"
+                    && url.host_str().is_some_and(is_loopback))
+        });
+        if !realm_ok {
+            return Ok(Err(format!(
+                "{} names the token realm {realm:?}, which is not an https URL; core sends no \
+                 credentials there",
+                at.registry
+            )));
+        }
         let mut query = vec![(
             "scope".to_string(),
             params
