@@ -361,8 +361,7 @@ impl Prober {
         // Credentials go to the realm only over https (or to this machine).
         let realm_ok = reqwest::Url::parse(realm).is_ok_and(|url| {
             url.scheme() == "https"
-                || (url.scheme() == "http"
-                    && url.host_str().is_some_and(is_loopback))
+                || (url.scheme() == "http" && url.host_str().is_some_and(is_loopback))
         });
         if !realm_ok {
             return Ok(Err(format!(
