@@ -119,7 +119,7 @@ pub fn kinds(compose: bool) -> [TaskKind; 2] {
     }
 }
 
-/// Builds the history of `(agent, target)` from its tasks (any order), their stored
+/// Builds the history of `(agent, target)` from its tasks (in submission order), their stored
 /// evidence documents (`evidence(id)`), core's record `kept` (current, previous) and the
 /// registry `probe`.
 pub async fn build(
@@ -133,7 +133,9 @@ pub async fn build(
 ) -> Vec<HistoryEntry> {
     let wanted = kinds(compose);
     tasks.retain(|t| t.agent == agent && t.target == target && wanted.contains(&t.kind));
-    tasks.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+    // Newest first; tasks submitted in the same millisecond keep submission order, reversed.
+    tasks.reverse();
+    tasks.sort_by_key(|t| std::cmp::Reverse(t.created_at));
     let mut entries: Vec<HistoryEntry> = tasks
         .iter()
         .map(|t| {

@@ -311,11 +311,7 @@ async fn evidence_and_history_through_the_api_and_the_cli_survive_a_restart() {
     assert_eq!(out.status.code(), Some(2));
     let out = wharf(
         &server,
-        &[
-            "task",
-            "evidence",
-            &inspect["id"].as_str().unwrap().to_string(),
-        ],
+        &["task", "evidence", inspect["id"].as_str().unwrap()],
     )
     .await;
     assert_eq!(

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, head};
 use axum::{Json, Router};
-use wharf_core::registry_probe::{Prober, Pullable, REQUEST_TIMEOUT};
+use wharf_core::registry_probe::{CredentialSource, Prober, Pullable, REQUEST_TIMEOUT};
 use wharf_protocol::seal::RegistryCredentials;
 
 const TOKEN: &str = "tok-123";
@@ -78,7 +78,7 @@ async fn token(
     }
 }
 
-fn credentials(host: String) -> Arc<dyn Fn(&str) -> Option<RegistryCredentials> + Send + Sync> {
+fn credentials(host: String) -> CredentialSource {
     Arc::new(move |registry: &str| {
         (registry == host).then(|| RegistryCredentials {
             registry: host.clone(),
