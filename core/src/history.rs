@@ -382,6 +382,15 @@ mod tests {
         }
     }
 
+    /// The history of docker target `web` on agent `a`, without evidence records.
+    async fn docker_history(
+        tasks: Vec<TaskView>,
+        kept: Option<(TaskId, Option<TaskId>)>,
+        probe: &mut Table,
+    ) -> Vec<HistoryEntry> {
+        build("a", "web", false, tasks, |_| None, kept, probe).await
+    }
+
     #[tokio::test]
     async fn entries_are_newest_first_with_their_rollback_column() {
         let tasks = vec![
@@ -405,16 +414,7 @@ mod tests {
             ]),
             Vec::new(),
         );
-        let entries = build(
-            "a",
-            "web",
-            false,
-            tasks,
-            |_| None,
-            Some((id(6), Some(id(4)))),
-            &mut probe,
-        )
-        .await;
+        let entries = docker_history(tasks, Some((id(6), Some(id(4)))), &mut probe).await;
         let order: Vec<Uuid> = entries.iter().map(|e| e.task_id).collect();
         assert_eq!(order, [6, 5, 4, 3, 2, 1].map(id));
         let status: Vec<RollbackStatus> = entries.iter().map(|e| e.rollback.status).collect();
@@ -459,16 +459,7 @@ mod tests {
         elsewhere.target = "api".into();
         let tasks = vec![other, deploy(2, TaskState::Succeeded), elsewhere];
         let mut probe = Table(HashMap::new(), Vec::new());
-        let entries = build(
-            "a",
-            "web",
-            false,
-            tasks,
-            |_| None,
-            Some((Uuid::from_u128(2), None)),
-            &mut probe,
-        )
-        .await;
+        let entries = docker_history(tasks, Some((Uuid::from_u128(2), None)), &mut probe).await;
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].rollback.status, RollbackStatus::OtherRepository);
         assert!(probe.1.is_empty());
