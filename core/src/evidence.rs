@@ -137,6 +137,27 @@ pub fn build(f: &Finished<'_>) -> Evidence {
     let success = result.is_some_and(|r| r.success) && record.state == TaskState::Succeeded;
     let rolled_back = result.is_some_and(|r| r.rolled_back);
     let signed_components = sticker.as_ref().map(|s| s.components.clone());
+    let requested = match (f.payload, signed_components.clone()) {
+        (_, Some(components)) => components,
+        (TaskPayload::Deploy(spec), None) => ImageRef::parse(&spec.image)
+            .map(|i| {
+                vec![component(
+                    &record.target,
+                    i.repository(),
+                    &i.digest().to_string(),
+                )]
+            })
+            .unwrap_or_default(),
+        (TaskPayload::Rollback(spec), None) => match (
+            spec.to.as_deref().filter(|d| is_digest(d)),
+            docker_repository(f.payload, None, f),
+        ) {
+            (Some(digest), Some(image)) => vec![component(&record.target, &image, digest)],
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+
     let after = match f.payload {
         TaskPayload::Deploy(_) | TaskPayload::Rollback(_) => {
             let key = if matches!(f.payload, TaskPayload::Deploy(_)) {
@@ -215,6 +236,9 @@ pub fn build(f: &Finished<'_>) -> Evidence {
             attempt: record.attempt,
         },
         release,
+        requested: ComponentSet {
+            components: requested,
+        },
         requested_by: record.requester.clone(),
         submitted_at: ms_to_ts(record.created_at).to_string(),
         started_at: result
@@ -597,6 +621,7 @@ mod engine_tests {
         let e2 = wharf_sticker::verify_evidence(&bytes2, &keyring)
             .into_valid()
             .unwrap();
+        assert_eq!(e2.requested.components[0].digest, digest(V2));
         assert_eq!(e2.before.components[0].digest, digest(V1));
         assert_eq!(e2.after.components[0].digest, digest(V1));
         assert_eq!(

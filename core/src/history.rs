@@ -39,7 +39,8 @@ pub struct HistoryEntry {
     pub state: TaskState,
     /// `name@version` of the release it deployed or went back to, if known.
     pub release: Option<String>,
-    /// What it put on the target (after a failure: what ran after it), as far as known.
+    /// What it put on the target; for a task that did not succeed, what it tried to put
+    /// there; as far as known.
     pub components: Vec<Component>,
     /// What ran before it, as far as known.
     pub before: Vec<Component>,
@@ -284,9 +285,15 @@ fn digest_list(components: &[Component]) -> Vec<String> {
 fn entry_of(task: &TaskView, signed: Option<SignedEvidence>) -> HistoryEntry {
     let result = task.result.as_ref();
     let (release, components, before) = match signed.map(|s| s.evidence) {
-        Some(e) => (
+        // What it put there; for a task that did not succeed, what it tried.
+        Some(e) if task.state == TaskState::Succeeded => (
             e.release.map(|r| format!("{}@{}", r.name, r.version)),
             e.after.components,
+            e.before.components,
+        ),
+        Some(e) => (
+            e.release.map(|r| format!("{}@{}", r.name, r.version)),
+            e.requested.components,
             e.before.components,
         ),
         None => {

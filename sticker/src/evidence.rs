@@ -7,6 +7,7 @@
 //!   "schema": "wharf.evidence/v1",
 //!   "task": { "id": "…", "kind": "deploy", "agent": "host-1", "target": "web", "attempt": 1 },
 //!   "release": { "id": "rel-42", "name": "shop", "version": "1.4.2" },
+//!   "requested": { "components": [ { "name": "web", "image": "reg:5000/shop", "digest": "sha256:…" } ] },
 //!   "requested_by": "ci-release (token 3f…)",
 //!   "submitted_at": "2025-01-02T03:04:05.000Z",
 //!   "started_at": "2025-01-02T03:04:06.120Z",
@@ -151,6 +152,10 @@ pub struct Evidence {
     pub task: EvidenceTask,
     /// The release it deployed or went back to, if core knew one.
     pub release: Option<Release>,
+    /// What the task asked for: the components of the sticker core signed for it, else
+    /// the deploy's image or the rollback's `--to` digest; empty when the host decides (a
+    /// rollback without a record).
+    pub requested: ComponentSet,
     /// Who submitted the task (core's requester name).
     pub requested_by: String,
     /// When it was submitted (RFC 3339).
@@ -227,7 +232,12 @@ impl Evidence {
                 ));
             }
         }
-        for (set, list) in [("before", &self.before), ("after", &self.after)] {
+        let sets = [
+            ("requested", &self.requested),
+            ("before", &self.before),
+            ("after", &self.after),
+        ];
+        for (set, list) in sets {
             for (index, c) in list.components.iter().enumerate() {
                 let at = format!("{set}.components[{index}]");
                 if c.name.is_empty() || c.image.is_empty() {
@@ -422,6 +432,9 @@ mod tests {
                 name: "shop".into(),
                 version: "1.0.0".into(),
             }),
+            requested: ComponentSet {
+                components: vec![component(2)],
+            },
             requested_by: "ci (token t1)".into(),
             submitted_at: "2025-01-02T03:04:05.000Z".into(),
             started_at: Some("2025-01-02T03:04:06.000Z".into()),

@@ -141,6 +141,7 @@ async fn evidence_and_history_through_the_api_and_the_cli_survive_a_restart() {
     };
     assert_eq!(e.before.components[0].digest, digest('a'));
     assert_eq!(e.after.components[0].digest, digest('b'));
+    assert_eq!(e.requested.components[0].digest, digest('b'));
     assert_eq!(e.hooks["post_hook.message"], "smoke test passed");
     let (_, bytes_c) = evidence_bytes(&server, &auditor, &c).await;
     let e = wharf_sticker::verify_evidence(&bytes_c, &keyring)
@@ -236,6 +237,8 @@ async fn evidence_and_history_through_the_api_and_the_cli_survive_a_restart() {
         "wharf rollback --agent web-1 --target web"
     );
     assert_eq!(history[1]["rolled_back"], true);
+    // A failed entry shows what it tried.
+    assert_eq!(history[1]["components"][0]["digest"], digest('c'));
     assert_eq!(history[2]["components"][0]["digest"], digest('b'));
     for (query, status) in [
         ("/v1/history?agent=web-1", StatusCode::BAD_REQUEST),
