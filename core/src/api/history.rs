@@ -67,7 +67,14 @@ pub(super) async fn history(
     let kept = engine.kept_record(&agent, &target).await;
     let directory = state.app.directory.clone();
     let mut prober = Prober::new(Arc::new(move |registry: &str| {
-        directory.credentials_for_registry(registry).ok().flatten()
+        match directory.credentials_for_registry(registry) {
+            Ok(credentials) => credentials,
+            Err(error) => {
+                // Asked without them; the answer is then `unknown` at worst.
+                tracing::warn!(registry, %error, "cannot read the stored registry credentials");
+                None
+            }
+        }
     }))
     .map_err(|e| ApiError::internal(e.to_string()))?;
     let store = state.app.store.clone();
