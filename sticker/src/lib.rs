@@ -46,6 +46,14 @@
 //! `signature.value` with the 32-byte public key (for example `openssl pkeyutl -verify
 //! -rawin`).
 //!
+//! # Evidence records
+//!
+//! The same key, canonical form and verification sign the core's evidence record of each
+//! finished deploy or rollback (`wharf.evidence/v1`, [`Evidence`]): task, release, who,
+//! when, outcome, digests before and after, health and hook results. [`Evidence::sign`]
+//! signs one, [`verify_evidence`] checks exported bytes and returns a
+//! [`Verification<Evidence>`](Verification).
+//!
 //! # Example
 //!
 //! ```
@@ -79,12 +87,18 @@
 #![warn(missing_docs)]
 
 mod canonical;
+mod evidence;
 mod file;
 mod keys;
 mod model;
 mod sign;
 
 pub use canonical::{canonical_json, CanonicalError, MAX_DEPTH};
+pub use evidence::{
+    sha256_hex, verify_evidence, ComponentSet, Evidence, EvidenceError, EvidenceHealth,
+    EvidenceMetrics, EvidenceOutcome, EvidenceTask, SignedEvidence, EVIDENCE_SCHEMA_V1,
+    MAX_EVIDENCE_BYTES,
+};
 pub use file::{
     check_project_name, check_target_name, compose_sticker_path, docker_sticker_path, read,
     read_bytes, write_atomic, write_private_atomic, write_sticker, PathError, ReadError,

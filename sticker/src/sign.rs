@@ -28,27 +28,33 @@ pub enum SignError {
 /// is not `sha256:` + 64 lowercase hex digits), so no unverifiable sticker is ever signed.
 pub fn sign(sticker: &Sticker, key: &SigningKey) -> Result<SignedSticker, SignError> {
     let message = sticker.signing_bytes()?;
-    let signature = key.sign_bytes(&message);
     Ok(SignedSticker {
         sticker: sticker.clone(),
-        signature: Signature {
-            alg: ALG_ED25519.to_owned(),
-            key_id: key.key_id().to_owned(),
-            value: BASE64.encode(signature),
-        },
+        signature: signature_of(&message, key),
     })
 }
 
-/// The outcome of [`verify`]. An auditor maps `Valid` to `ok` (before comparing digests)
-/// and every other outcome to `tampered`.
+/// The `signature` member for `message` (canonical bytes) signed with `key`.
+pub(crate) fn signature_of(message: &[u8], key: &SigningKey) -> Signature {
+    Signature {
+        alg: ALG_ED25519.to_owned(),
+        key_id: key.key_id().to_owned(),
+        value: BASE64.encode(key.sign_bytes(message)),
+    }
+}
+
+/// The outcome of [`verify`] (a sticker) or [`verify_evidence`](crate::verify_evidence)
+/// (`Verification<Evidence>`): both documents are signed and checked the same way. An
+/// auditor maps `Valid` to `ok` (before comparing digests) and every other outcome to
+/// `tampered`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
-// A verification is made once per sticker file; boxing the sticker would only add noise.
+// A verification is made once per document; boxing the document would only add noise.
 #[allow(clippy::large_enum_variant)]
-pub enum Verification {
+pub enum Verification<T = Sticker> {
     /// Well-formed and signed by a trusted key. Unknown extra fields, if any, were covered
-    /// by the signature and are not part of the returned sticker.
-    Valid(Sticker),
+    /// by the signature and are not part of the returned document.
+    Valid(T),
     /// Well-formed and naming a trusted key, but the signature does not match the content:
     /// the file was changed after signing.
     BadSignature,
@@ -65,14 +71,14 @@ pub enum Verification {
     },
 }
 
-impl Verification {
-    /// Whether the sticker is [`Verification::Valid`].
+impl<T> Verification<T> {
+    /// Whether the document is [`Verification::Valid`].
     pub fn is_valid(&self) -> bool {
         matches!(self, Self::Valid(_))
     }
 
-    /// The sticker, when valid.
-    pub fn into_valid(self) -> Option<Sticker> {
+    /// The document, when valid.
+    pub fn into_valid(self) -> Option<T> {
         match self {
             Self::Valid(sticker) => Some(sticker),
             _ => None,
@@ -100,7 +106,17 @@ impl Verification {
 /// signature — look up the key id, check the Ed25519 signature. Whitespace and member order
 /// in the file do not matter.
 pub fn verify(bytes: &[u8], keyring: &Keyring) -> Verification {
-    match verify_inner(bytes, keyring) {
+    verify_document(bytes, keyring, sticker_from_object)
+}
+
+/// The verification shared by every signed document of this crate: `content` checks the
+/// schema of the parsed object (everything but `signature`) and builds the document.
+pub(crate) fn verify_document<T>(
+    bytes: &[u8],
+    keyring: &Keyring,
+    content: impl FnOnce(&serde_json::Map<String, serde_json::Value>) -> Result<T, MalformedSticker>,
+) -> Verification<T> {
+    match verify_inner(bytes, keyring, content) {
         Ok(verification) => verification,
         Err(malformed) => Verification::Malformed {
             reason: malformed.reason,
@@ -108,10 +124,14 @@ pub fn verify(bytes: &[u8], keyring: &Keyring) -> Verification {
     }
 }
 
-fn verify_inner(bytes: &[u8], keyring: &Keyring) -> Result<Verification, MalformedSticker> {
+fn verify_inner<T>(
+    bytes: &[u8],
+    keyring: &Keyring,
+    content: impl FnOnce(&serde_json::Map<String, serde_json::Value>) -> Result<T, MalformedSticker>,
+) -> Result<Verification<T>, MalformedSticker> {
     let value = parse_json(bytes)?;
     let object = top_object(&value)?;
-    let sticker = sticker_from_object(object)?;
+    let sticker = content(object)?;
     let (signature, signature_bytes) = signature_from_object(object)?;
     let message = canonical_object_without(object, &["signature"])
         .map_err(|error| MalformedSticker::new(error.to_string()))?;

@@ -22,6 +22,7 @@ mod agents;
 mod audit;
 mod error;
 mod extract;
+mod history;
 pub mod metrics;
 mod poll;
 mod server;
@@ -120,13 +121,15 @@ pub fn router(state: ApiState) -> Router {
 /// [`router`] with the polling sessions of `hub` (its long poll and caps).
 pub fn router_with_poll(state: ApiState, hub: Arc<PollHub>) -> Router {
     state.metrics.attach_poll(hub.clone());
-    let routes: [(&'static str, MethodRouter<ApiState>); 19] = [
+    let routes: [(&'static str, MethodRouter<ApiState>); 21] = [
         ("/healthz", get(healthz)),
         ("/metrics", get(metrics_text)),
         ("/v1/tasks", post(tasks::submit).get(tasks::list)),
         ("/v1/tasks/{id}", get(tasks::get)),
         ("/v1/tasks/{id}/cancel", post(tasks::cancel)),
         ("/v1/tasks/{id}/events", get(tasks::events)),
+        ("/v1/tasks/{id}/evidence", get(tasks::evidence)),
+        ("/v1/history", get(history::history)),
         ("/v1/agents", get(agents::list)),
         ("/v1/agents/tokens", post(agents::create_token)),
         ("/v1/agents/{name}/revoke", post(agents::revoke)),

@@ -111,6 +111,40 @@ fn unknown_task(id: Uuid) -> ApiError {
     ))
 }
 
+/// `GET /v1/tasks/{id}/evidence`: the signed `wharf.evidence/v1` document of a finished
+/// deploy or rollback, exactly as core signed and stored it.
+pub(super) async fn evidence(
+    State(state): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    auth.require(Action::ReadTasks)?;
+    let id = task_id(&id)?;
+    // Read under the engine's lock, so a terminal state seen here is durable, and with it
+    // the evidence written in the same batch.
+    let task = state
+        .app
+        .engine
+        .get(id)
+        .await
+        .ok_or_else(|| unknown_task(id))?;
+    match crate::evidence::read(&*state.app.store, id) {
+        Ok(Some(bytes)) => {
+            Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+        }
+        Ok(None) => Err(ApiError::not_found(format!(
+            "task {id} has no evidence record: {}",
+            crate::evidence::missing_reason(task.kind.as_str(), task.state)
+        ))),
+        Err(error) => {
+            tracing::error!(%id, %error, "cannot read an evidence record");
+            Err(ApiError::internal(
+                "cannot read the evidence record from the store",
+            ))
+        }
+    }
+}
+
 /// `POST /v1/tasks/{id}/cancel`.
 pub(super) async fn cancel(
     State(state): State<ApiState>,

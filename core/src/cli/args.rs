@@ -110,6 +110,9 @@ pub enum Command {
     /// Fleet audit: each target's sticker, what runs and core's record; exit 1 unless all
     /// are ok.
     Audit(AuditArgs),
+    /// Every deploy and rollback of a target or Compose project, newest first, and which
+    /// of them `wharf rollback` can go back to now.
+    History(HistoryArgs),
 }
 
 /// `wharf audit [--agent A] [--wait 30s]`.
@@ -121,6 +124,21 @@ pub struct AuditArgs {
     /// How long core waits for the agents' answers (1s to 50s; default 30s).
     #[arg(long, value_name = "DURATION")]
     pub wait: Option<String>,
+}
+
+/// `wharf history`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("of").required(true).multiple(false)))]
+pub struct HistoryArgs {
+    /// The agent's name.
+    #[arg(long)]
+    pub agent: String,
+    /// The target container.
+    #[arg(long, group = "of")]
+    pub target: Option<String>,
+    /// The Compose project.
+    #[arg(long, group = "of")]
+    pub project: Option<String>,
 }
 
 /// `wharf compose ...`
@@ -467,6 +485,28 @@ pub enum TaskCommand {
         /// Task id.
         id: Uuid,
     },
+    /// Print the signed evidence record of a finished deploy or rollback (save it to
+    /// verify it later); with --verify, check its signature too.
+    Evidence {
+        /// Task id.
+        id: Uuid,
+        /// Verify the record's signature with --key (exit 1 if it does not verify).
+        #[arg(long, requires = "key")]
+        verify: bool,
+        /// Core's sticker verifying key: `sticker.pub` from core's data dir (a keyring file,
+        /// one `ed25519 BASE64` line per trusted key).
+        #[arg(long, env = "WHARF_STICKER_KEY", value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Verify a saved evidence record offline, with only core's public key (no core
+    /// connection).
+    VerifyEvidence {
+        /// The saved record (`wharf task evidence ID > FILE`), `-` for stdin.
+        file: PathBuf,
+        /// Core's sticker verifying key (`sticker.pub` from core's data dir).
+        #[arg(long, env = "WHARF_STICKER_KEY", value_name = "FILE")]
+        key: PathBuf,
+    },
 }
 
 /// `wharf audit-log [verify]`.
@@ -563,6 +603,52 @@ mod tests {
             cli.command,
             Command::AuditLog(AuditLogArgs { after: Some(5), .. })
         ));
+    }
+
+    #[test]
+    fn history_takes_exactly_one_of_target_and_project() {
+        let cli =
+            Cli::try_parse_from(["wharf", "history", "--agent", "a", "--project", "p"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::History(HistoryArgs {
+                project: Some(_),
+                target: None,
+                ..
+            })
+        ));
+        let err = Cli::try_parse_from(["wharf", "history", "--agent", "a"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let err = Cli::try_parse_from([
+            "wharf",
+            "history",
+            "--agent",
+            "a",
+            "--target",
+            "t",
+            "--project",
+            "p",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn evidence_verify_needs_a_key() {
+        let err = Cli::try_parse_from([
+            "wharf",
+            "task",
+            "evidence",
+            "00000000-0000-0000-0000-000000000000",
+            "--verify",
+        ]);
+        // Without WHARF_STICKER_KEY in the environment, --verify needs --key.
+        if std::env::var_os("WHARF_STICKER_KEY").is_none() {
+            assert_eq!(
+                err.unwrap_err().kind(),
+                clap::error::ErrorKind::MissingRequiredArgument
+            );
+        }
     }
 
     #[test]

@@ -150,16 +150,7 @@ impl Client {
         body: Option<&B>,
     ) -> Result<Answer> {
         let url = self.url(segments, query);
-        let mut req = self.request(method, url.clone()).timeout(REQUEST_TIMEOUT);
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
-        if !(200..300).contains(&status) {
-            return Err(ApiError::from_body(status, &bytes).into());
-        }
+        let (status, bytes) = self.send(method, url.clone(), body).await?;
         let body = if bytes.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
@@ -171,6 +162,32 @@ impl Client {
             })?
         };
         Ok(Answer { status, body })
+    }
+
+    /// Sends a request; returns the status and body of a 2xx answer.
+    async fn send<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+    ) -> Result<(u16, Vec<u8>)> {
+        let mut req = self.request(method, url).timeout(REQUEST_TIMEOUT);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        if !(200..300).contains(&status) {
+            return Err(ApiError::from_body(status, &bytes).into());
+        }
+        Ok((status, bytes.to_vec()))
+    }
+
+    /// `GET` returning the body's bytes as they are (a signed document).
+    pub async fn get_bytes(&self, segments: &[&str]) -> Result<Vec<u8>> {
+        let url = self.url(segments, &[]);
+        Ok(self.send::<()>(Method::GET, url, None).await?.1)
     }
 
     /// `GET` with a query.

@@ -4,10 +4,12 @@
 //! [`Client`], so invalid input exits 2 without any connection.
 
 use std::io::{Read, Write};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use wharf_protocol::{TaskPayload, Timestamp};
+use wharf_sticker::{Keyring, Verification};
 use zeroize::Zeroizing;
 
 use super::args::{
@@ -104,6 +106,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::AuditLog(args) => audit_log(conn, format, args).await,
         Command::Audit(args) => audit(conn, format, args).await,
+        Command::History(args) => history(conn, format, &args).await,
     }
 }
 
@@ -128,6 +131,37 @@ async fn audit(conn: &ConnectionArgs, format: OutputFormat, args: AuditArgs) -> 
         .all(|r| r.get("status").and_then(Value::as_str) == Some("ok"));
     emit(format, &answer.body, || output::fleet_audit_table(rows))?;
     Ok(if clean { EXIT_OK } else { EXIT_FAILED })
+}
+
+async fn history(
+    conn: &ConnectionArgs,
+    format: OutputFormat,
+    args: &super::args::HistoryArgs,
+) -> Result<u8> {
+    let (key, name) = match (&args.target, &args.project) {
+        (Some(t), _) => ("target", t),
+        (None, Some(p)) => ("project", p),
+        (None, None) => {
+            return Err(InvalidInput::new("--target", "give --target T or --project P").into())
+        }
+    };
+    let client = Client::new(conn)?;
+    let query = [("agent", args.agent.clone()), (key, name.clone())];
+    let answer = client
+        .get(&["v1", "history"], &query)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot read the history of {key} `{name}` on `{}`",
+                args.agent
+            )
+        })?;
+    emit(format, &answer.body, || {
+        let entries: Vec<crate::history::HistoryEntry> =
+            serde_json::from_value(answer.body.clone()).unwrap_or_default();
+        output::history_table(&entries)
+    })?;
+    Ok(EXIT_OK)
 }
 
 async fn agent(conn: &ConnectionArgs, format: OutputFormat, cmd: AgentCommand) -> Result<u8> {
@@ -420,9 +454,117 @@ async fn submit_and_read(
     Ok(outcome_code(done.view.state))
 }
 
+/// Reads a keyring file (`sticker.pub` of core's data dir) for `--key`.
+fn read_keyring(path: &Path) -> Result<Keyring> {
+    let what = || format!("--key {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        InvalidInput::new(
+            what(),
+            format!("cannot read the key file: {e}; give sticker.pub from core's data dir"),
+        )
+    })?;
+    let keyring = Keyring::parse(&text).map_err(|e| InvalidInput::new(what(), e.to_string()))?;
+    if keyring.is_empty() {
+        return Err(InvalidInput::new(
+            what(),
+            "the file holds no key; give sticker.pub from core's data dir",
+        )
+        .into());
+    }
+    Ok(keyring)
+}
+
+/// Checks an evidence document; returns whether it is valid and the verdict as JSON and
+/// as a line of text.
+fn check_evidence(bytes: &[u8], keyring: &Keyring) -> (bool, Value, String) {
+    let key_id = wharf_sticker::SignedEvidence::parse(bytes)
+        .ok()
+        .map(|s| s.signature.key_id);
+    let verification = wharf_sticker::verify_evidence(bytes, keyring);
+    let mut json = json!({
+        "valid": verification.is_valid(),
+        "verification": verification.as_str(),
+        "key_id": key_id,
+    });
+    let text = match &verification {
+        Verification::Valid(e) => {
+            json["task_id"] = json!(e.task.id);
+            format!(
+                "Evidence verified: {} {} on {} ({}), task {}, signed by {}.\n",
+                e.task.kind,
+                e.task.target,
+                e.task.agent,
+                e.outcome.state,
+                e.task.id,
+                key_id.unwrap_or_default()
+            )
+        }
+        Verification::BadSignature => "Evidence NOT verified: the signature does not match \
+            the content; the record was changed after core signed it.\n"
+            .to_string(),
+        Verification::UnknownKey { key_id } => format!(
+            "Evidence NOT verified: it is signed by {key_id}, which is not in the key file.\n"
+        ),
+        Verification::Malformed { reason } => {
+            json["reason"] = json!(reason);
+            format!("Evidence NOT verified: not a wharf.evidence/v1 document ({reason}).\n")
+        }
+    };
+    (verification.is_valid(), json, text)
+}
+
+/// `wharf task verify-evidence FILE --key K`: offline, no connection.
+fn verify_evidence_file(format: OutputFormat, file: &Path, key: &Path) -> Result<u8> {
+    let keyring = read_keyring(key)?;
+    let bytes = if file.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| InvalidInput::new("FILE -", format!("cannot read stdin: {e}")))?;
+        bytes
+    } else {
+        std::fs::read(file).map_err(|e| {
+            InvalidInput::new(
+                file.display().to_string(),
+                format!("cannot read the evidence file: {e}"),
+            )
+        })?
+    };
+    let (valid, json, text) = check_evidence(&bytes, &keyring);
+    emit(format, &json, || text)?;
+    Ok(if valid { EXIT_OK } else { EXIT_FAILED })
+}
+
 async fn task(conn: &ConnectionArgs, format: OutputFormat, cmd: TaskCommand) -> Result<u8> {
+    if let TaskCommand::VerifyEvidence { file, key } = &cmd {
+        return verify_evidence_file(format, file, key);
+    }
+    // Read before any connection: a bad key file is invalid input (exit 2).
+    let evidence_keyring = match &cmd {
+        TaskCommand::Evidence {
+            verify: true,
+            key: Some(key),
+            ..
+        } => Some(read_keyring(key)?),
+        _ => None,
+    };
     let client = Client::new(conn)?;
     match cmd {
+        TaskCommand::Evidence { id, .. } => {
+            let bytes = client
+                .get_bytes(&["v1", "tasks", &id.to_string(), "evidence"])
+                .await
+                .with_context(|| format!("cannot read the evidence of task {id}"))?;
+            // The document exactly as core signed it, so it can be saved and verified.
+            print(&String::from_utf8_lossy(&bytes))?;
+            let Some(keyring) = evidence_keyring else {
+                return Ok(EXIT_OK);
+            };
+            let (valid, _, text) = check_evidence(&bytes, &keyring);
+            eprint!("{text}");
+            Ok(if valid { EXIT_OK } else { EXIT_FAILED })
+        }
+        TaskCommand::VerifyEvidence { file, key } => verify_evidence_file(format, &file, &key),
         TaskCommand::Show { id } => {
             let answer = client
                 .get(&["v1", "tasks", &id.to_string()], &[])

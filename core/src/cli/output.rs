@@ -173,6 +173,67 @@ pub fn fleet_audit_table(rows: &[Value]) -> String {
     )
 }
 
+/// `sha256:` and the first 12 hex digits of a digest.
+fn short_digest(digest: &str) -> String {
+    digest
+        .strip_prefix("sha256:")
+        .map(|hex| format!("sha256:{}", &hex[..hex.len().min(12)]))
+        .unwrap_or_else(|| digest.to_owned())
+}
+
+/// `wharf history`: TASK KIND RELEASE DIGEST BY WHEN OUTCOME ROLLBACK, then the command
+/// for each entry that can be rolled back to.
+pub fn history_table(entries: &[crate::history::HistoryEntry]) -> String {
+    if entries.is_empty() {
+        return "No deploys or rollbacks of this target yet.\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let digests: Vec<String> = e
+                .components
+                .iter()
+                .map(|c| short_digest(&c.digest))
+                .collect();
+            let outcome = if e.rolled_back {
+                format!("{} (rolled back)", e.state)
+            } else {
+                e.state.to_string()
+            };
+            let rollback = serde_json::to_value(e.rollback.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            vec![
+                e.task_id.to_string(),
+                e.kind.to_string(),
+                e.release.clone().unwrap_or_else(|| "-".into()),
+                if digests.is_empty() {
+                    "-".into()
+                } else {
+                    digests.join(",")
+                },
+                e.requested_by.clone(),
+                e.completed_at.unwrap_or(e.created_at).to_string(),
+                outcome,
+                format!("{rollback}: {}", e.rollback.detail),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "TASK", "KIND", "RELEASE", "DIGEST", "BY", "WHEN", "OUTCOME", "ROLLBACK",
+        ],
+        &rows,
+    );
+    for e in entries {
+        if let Some(command) = &e.rollback.command {
+            let _ = writeln!(out, "To go back to {}: {command}", e.task_id);
+        }
+    }
+    out
+}
+
 /// `wharf task list`: ID KIND STATE AGENT TARGET ATTEMPT UPDATED.
 pub fn tasks_table(tasks: &[TaskView]) -> String {
     let rows: Vec<Vec<String>> = tasks

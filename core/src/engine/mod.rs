@@ -578,6 +578,14 @@ impl Engine {
         out
     }
 
+    /// Core's record of `(agent, target)`: the task whose result runs there now and the
+    /// one before it (where `wharf rollback` without `--to` goes), if any.
+    pub async fn kept_record(&self, agent: &str, target: &str) -> Option<(TaskId, Option<TaskId>)> {
+        let state = self.state.read().await;
+        history(&state, agent, target)
+            .map(|h| (h.current.task, h.previous.as_ref().map(|p| p.task)))
+    }
+
     /// Watches task events (state changes and progress lines) of every task; filter by
     /// [`TaskEvent::task_id`].
     pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
@@ -902,6 +910,8 @@ impl Actor {
             );
         }
         outcome.merge(state.queue.tick(now));
+        // Before `note_deploy`, so core's record still says what ran before each task.
+        let evidence = self.evidence(&state, &outcome.changed)?;
         for id in &outcome.changed {
             state.note_deploy(*id);
         }
@@ -913,9 +923,13 @@ impl Actor {
             }
         }
         // The audit entries share the round's batch (and flush): durable together with
-        // the changes, before anyone is answered.
+        // the changes, before anyone is answered. So does each finished task's evidence.
         let audit = self.audit.clone();
-        let records = audit_records(&state, notes);
+        let mut records = audit_records(&state, notes);
+        for sealed in evidence {
+            batch.put(Table::Evidence, sealed.id.as_bytes().to_vec(), sealed.bytes);
+            records.push(sealed.audit);
+        }
         let pending = match &audit {
             Some(log) if !records.is_empty() => {
                 match log.append_batch_all(&mut batch, records).await {
@@ -980,6 +994,51 @@ impl Actor {
             let _ = entry.tx.send(SessionCommand::Close { reason });
         }
         Ok(state.queue.next_wakeup())
+    }
+
+    /// The signed evidence records of the tasks of `changed` that finished now (see
+    /// [`crate::evidence`]); none without a signing key.
+    fn evidence(
+        &self,
+        state: &State,
+        changed: &[TaskId],
+    ) -> Result<Vec<crate::evidence::Sealed>, EngineError> {
+        let Some(key) = &self.signing_key else {
+            return Ok(Vec::new());
+        };
+        let mut sealed = Vec::new();
+        for id in changed {
+            let (Some(record), Some(extras)) = (state.queue.get(*id), state.extras.get(id)) else {
+                continue;
+            };
+            if !crate::evidence::is_due(record, extras.result.as_ref())
+                || self.store.get(Table::Evidence, id.as_bytes())?.is_some()
+            {
+                continue;
+            }
+            let recorded = history(state, record.agent.as_str(), &record.target);
+            // Core's record before this task: its current entry, unless that is this task.
+            let (before, earlier) = match recorded {
+                Some(h) if h.current.task == *id => (h.previous.as_ref(), None),
+                Some(h) => (Some(&h.current), h.previous.as_ref()),
+                None => (None, None),
+            };
+            let (before, earlier) = (before.map(Ran::as_previous), earlier.map(Ran::as_previous));
+            let evidence = crate::evidence::build(&crate::evidence::Finished {
+                record,
+                payload: &extras.payload,
+                result: extras.result.as_ref(),
+                recorded_before: before.as_ref(),
+                recorded_earlier: earlier.as_ref(),
+            });
+            match crate::evidence::seal(&evidence, key) {
+                Ok(s) => sealed.push(s),
+                Err(error) => {
+                    tracing::error!(task = %id, %error, "cannot sign the evidence record");
+                }
+            }
+        }
+        Ok(sealed)
     }
 
     fn apply(

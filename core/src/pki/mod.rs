@@ -45,8 +45,9 @@ pub use secret::SecretString;
 pub use tls::{
     agent_client_config, crypto_provider, enrollment_client_config, find_pki_error,
     https_server_config, mtls_server_config, operator_client_config,
-    operator_client_config_from_file, pki_error_in_tls_error, server_cert_is_current,
-    server_cert_verifies_for, PinnedCaServerVerifier, RevocationCheck, RevocationList, TlsIdentity,
+    operator_client_config_from_file, pki_error_in_tls_error, registry_client_config,
+    server_cert_is_current, server_cert_verifies_for, PinnedCaServerVerifier, RevocationCheck,
+    RevocationList, TlsIdentity,
 };
 pub use token::{ApiToken, EnrollToken, TokenHash, TOKEN_RANDOM_BYTES};
 

@@ -596,6 +596,22 @@ pub fn operator_client_config(ca_pem: &[u8], alpn: &[&[u8]]) -> Result<ClientCon
     Ok(config)
 }
 
+/// Registry client configuration (core checking that an image digest is still pullable):
+/// TLS 1.2 or 1.3, no client certificate, trusting the certificates of a CA bundle PEM
+/// (the system bundle; certificates rustls cannot use are skipped). ALPN `http/1.1`.
+pub fn registry_client_config(bundle_pem: &[u8]) -> Result<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_slice_iter(bundle_pem).filter_map(|c| c.ok());
+    roots.add_parsable_certificates(certs);
+    let mut config = ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::tls("registry client", e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn_list(&[b"http/1.1"]);
+    Ok(config)
+}
+
 /// [`operator_client_config`] reading the CA PEM from a file.
 pub fn operator_client_config_from_file(
     ca_pem_path: &Path,

@@ -136,6 +136,9 @@ tables! {
     Meta = 8, "meta";
     /// Task results.
     Results = 9, "results";
+    /// Signed evidence records of finished deploys and rollbacks, by task id (the
+    /// `wharf.evidence/v1` JSON exactly as signed).
+    Evidence = 10, "evidence";
 }
 
 /// Lets types holding an `Arc<dyn Store>` derive `Debug` (the store shows no content).

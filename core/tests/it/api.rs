@@ -31,21 +31,25 @@ const IMAGE_B: &str =
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A core serving the API in-process.
-struct Server {
-    app: App,
+pub(crate) struct Server {
+    pub(crate) app: App,
     metrics: Arc<Metrics>,
     url: String,
     addr: SocketAddr,
-    data_dir: PathBuf,
-    admin: String,
-    client: reqwest::Client,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) admin: String,
+    pub(crate) client: reqwest::Client,
     _stop: watch::Sender<bool>,
     _tmp: tempfile::TempDir,
 }
 
 impl Server {
-    async fn start() -> Server {
-        let tmp = tempfile::tempdir().unwrap();
+    pub(crate) async fn start() -> Server {
+        Server::start_in(tempfile::tempdir().unwrap()).await
+    }
+
+    /// A core on `tmp/data`, a new one or the data dir of an earlier [`Server`].
+    pub(crate) async fn start_in(tmp: tempfile::TempDir) -> Server {
         let data_dir = tmp.path().join("data");
         let (app, boot) = App::open(AppConfig {
             data_dir: data_dir.clone(),
@@ -55,7 +59,13 @@ impl Server {
         })
         .await
         .unwrap();
-        let admin = boot.admin_token.unwrap().expose().to_string();
+        let admin = match boot.admin_token {
+            Some(token) => token.expose().to_string(),
+            None => std::fs::read_to_string(data_dir.join("admin.token"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
@@ -91,7 +101,36 @@ impl Server {
         format!("{}{path}", self.url)
     }
 
-    async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+    /// The base URL (`https://127.0.0.1:PORT`).
+    pub(crate) fn base_url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops serving and releases the data dir (its store included) for a restart.
+    pub(crate) async fn stop(self) -> tempfile::TempDir {
+        let Server {
+            app,
+            metrics,
+            client,
+            _stop,
+            _tmp,
+            ..
+        } = self;
+        // The connections, the listener and the app all hold the store.
+        drop((client, _stop, metrics, app));
+        let store = _tmp.path().join("data").join("store");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match wharf_core::store::SledStore::open(&store) {
+                Ok(opened) => break drop(opened),
+                Err(e) => assert!(Instant::now() < deadline, "the store stays held: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        _tmp
+    }
+
+    pub(crate) async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
         let response = self
             .client
             .get(self.url(path))
@@ -102,7 +141,7 @@ impl Server {
         status_json(response).await
     }
 
-    async fn post(&self, token: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+    pub(crate) async fn post(&self, token: &str, path: &str, body: &Value) -> (StatusCode, Value) {
         let response = self
             .client
             .post(self.url(path))
@@ -133,7 +172,7 @@ impl Server {
     }
 
     /// A new API token with `role`.
-    async fn token(&self, role: &str) -> String {
+    pub(crate) async fn token(&self, role: &str) -> String {
         let (status, body) = self
             .post(
                 &self.admin,
@@ -185,7 +224,7 @@ impl Server {
     }
 
     /// Enrolls an agent named `name` and returns its enrollment answer.
-    async fn enroll(&self, name: &str) -> (Value, Agent) {
+    pub(crate) async fn enroll(&self, name: &str) -> (Value, Agent) {
         let token = self.enroll_token(name, None).await;
         let (status, body, agent) = self
             .enroll_with(token["token"].as_str().unwrap(), name)
@@ -212,7 +251,7 @@ impl Server {
     }
 }
 
-struct Agent {
+pub(crate) struct Agent {
     key_pem: SecretString,
 }
 

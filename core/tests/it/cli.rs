@@ -25,7 +25,7 @@ fn image() -> String {
 }
 
 /// `wharf ARGS` with only the given `WHARF_*` variables set; `stdin` is piped in.
-fn wharf_with(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
+pub(crate) fn wharf_with(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
     cmd.args(args)
         .env_remove("WHARF_URL")

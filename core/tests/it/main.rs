@@ -1,5 +1,7 @@
 mod api;
 mod cli;
+mod evidence;
 mod poll;
 mod quic;
+mod registry_probe;
 mod store;

@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod compose_agent;
 mod docker_agent;
+mod history;
 mod registry;
 mod simagent;
 mod testapp;
