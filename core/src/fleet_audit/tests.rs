@@ -157,6 +157,22 @@ fn verdict(bed: &Bed, record: &RecordedTarget, o: &Observation) -> AuditRow {
     judge(record, o, &bed.keyring)
 }
 
+/// The verdict on `record` when the host shows `shown`'s sticker (signed by core) and
+/// `inspect`.
+fn judged(bed: &Bed, record: &RecordedTarget, shown: &RecordedTarget, inspect: Answer) -> AuditRow {
+    verdict(
+        bed,
+        record,
+        &observe(sticker_answer(&bed.sticker(shown)), inspect),
+    )
+}
+
+#[track_caller]
+fn assert_row(row: &AuditRow, status: AuditStatus, words: &str) {
+    assert_eq!(row.status, status, "{}", row.detail);
+    assert!(row.detail.contains(words), "{words}: {}", row.detail);
+}
+
 #[test]
 fn a_matching_docker_target_is_ok_with_its_evidence() {
     let bed = Bed::new();
@@ -260,27 +276,14 @@ fn foreign_key_garbage_missing_and_copied_stickers_are_tampered() {
 fn another_image_under_the_same_name_is_drift_even_with_copied_labels() {
     let bed = Bed::new();
     let record = bed.record(TargetKind::Docker, &[("web", D1)]);
-    let sticker = bed.sticker(&record);
     // `docker run --name web` of another image.
-    let row = verdict(
-        &bed,
-        &record,
-        &observe(sticker_answer(&sticker), docker_inspect(D2, D2, "running")),
-    );
-    assert_eq!(row.status, AuditStatus::Drift);
-    assert!(
-        row.detail.contains(D2) && row.detail.contains(D1),
-        "{}",
-        row.detail
-    );
+    let row = judged(&bed, &record, &record, docker_inspect(D2, D2, "running"));
+    assert_row(&row, AuditStatus::Drift, &format!("runs {REPO}@{D2}"));
+    assert!(row.detail.contains(D1), "{}", row.detail);
     // The same, with the `wharf.digest` label copied from the real one: the image's
     // repo digests decide.
-    let row = verdict(
-        &bed,
-        &record,
-        &observe(sticker_answer(&sticker), docker_inspect(D1, D2, "running")),
-    );
-    assert_eq!(row.status, AuditStatus::Drift, "{}", row.detail);
+    let row = judged(&bed, &record, &record, docker_inspect(D1, D2, "running"));
+    assert_row(&row, AuditStatus::Drift, D2);
     // A locally built image has no repo digest at all.
     let local = result(
         true,
@@ -291,35 +294,23 @@ fn another_image_under_the_same_name_is_drift_even_with_copied_labels() {
             ("image_digests", "[]".into()),
         ],
     );
-    let row = verdict(&bed, &record, &observe(sticker_answer(&sticker), local));
-    assert_eq!(row.status, AuditStatus::Drift);
-    assert!(
-        row.detail.contains("without a registry digest"),
-        "{}",
-        row.detail
-    );
+    let row = judged(&bed, &record, &record, local);
+    assert_row(&row, AuditStatus::Drift, "without a registry digest");
 }
 
 #[test]
 fn a_stopped_or_removed_container_is_drift() {
     let bed = Bed::new();
     let record = bed.record(TargetKind::Docker, &[("web", D1)]);
-    let sticker = bed.sticker(&record);
-    let row = verdict(
-        &bed,
-        &record,
-        &observe(sticker_answer(&sticker), docker_inspect(D1, D1, "exited")),
-    );
-    assert_eq!(row.status, AuditStatus::Drift);
-    assert!(row.detail.contains("exited"), "{}", row.detail);
+    let row = judged(&bed, &record, &record, docker_inspect(D1, D1, "exited"));
+    assert_row(&row, AuditStatus::Drift, "exited");
     let gone = failed(
         ErrorType::NotFound,
         "no container named web on this host",
         &[("exists", "false".into())],
     );
-    let row = verdict(&bed, &record, &observe(sticker_answer(&sticker), gone));
-    assert_eq!(row.status, AuditStatus::Drift);
-    assert!(row.detail.contains("no container"), "{}", row.detail);
+    let row = judged(&bed, &record, &record, gone);
+    assert_row(&row, AuditStatus::Drift, "no container");
 }
 
 #[test]
@@ -330,37 +321,13 @@ fn a_sticker_that_is_not_cores_record_is_drift() {
     let mut older = record.clone();
     older.task = Uuid::new_v4();
     older.components = components_of(&[("web", D2)]);
-    let row = verdict(
-        &bed,
-        &record,
-        &observe(
-            sticker_answer(&bed.sticker(&older)),
-            docker_inspect(D2, D2, "running"),
-        ),
-    );
-    assert_eq!(row.status, AuditStatus::Drift);
-    assert!(
-        row.detail.contains("core's record is task"),
-        "{}",
-        row.detail
-    );
+    let row = judged(&bed, &record, &older, docker_inspect(D2, D2, "running"));
+    assert_row(&row, AuditStatus::Drift, "core's record is task");
     // Same task, other digests (cannot be signed by core, but the check stands alone).
     let mut same_task = record.clone();
     same_task.components = components_of(&[("web", D2)]);
-    let row = verdict(
-        &bed,
-        &record,
-        &observe(
-            sticker_answer(&bed.sticker(&same_task)),
-            docker_inspect(D2, D2, "running"),
-        ),
-    );
-    assert_eq!(row.status, AuditStatus::Drift);
-    assert!(
-        row.detail.contains("differ from core's record"),
-        "{}",
-        row.detail
-    );
+    let row = judged(&bed, &record, &same_task, docker_inspect(D2, D2, "running"));
+    assert_row(&row, AuditStatus::Drift, "differ from core's record");
 }
 
 #[test]
@@ -386,7 +353,6 @@ fn compose_drift_names_each_service() {
 fn no_answer_or_a_failed_inspect_is_unreachable() {
     let bed = Bed::new();
     let record = bed.record(TargetKind::Docker, &[("web", D1)]);
-    let sticker = bed.sticker(&record);
     let row = verdict(
         &bed,
         &record,
@@ -397,14 +363,7 @@ fn no_answer_or_a_failed_inspect_is_unreachable() {
     );
     assert_eq!(row.status, AuditStatus::Unreachable);
     assert_eq!(row.detail, "agent web-1 is offline");
-    let row = verdict(
-        &bed,
-        &record,
-        &observe(
-            sticker_answer(&sticker),
-            failed(ErrorType::Docker, "cannot reach the Docker engine", &[]),
-        ),
-    );
-    assert_eq!(row.status, AuditStatus::Unreachable);
-    assert!(row.detail.contains("Docker engine"), "{}", row.detail);
+    let failed_inspect = failed(ErrorType::Docker, "cannot reach the Docker engine", &[]);
+    let row = judged(&bed, &record, &record, failed_inspect);
+    assert_row(&row, AuditStatus::Unreachable, "Docker engine");
 }

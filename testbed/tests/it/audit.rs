@@ -11,11 +11,10 @@ use std::time::Duration;
 use serde_json::Value;
 use wharf_testbed::cluster::DockerAgent;
 use wharf_testbed::compose::ProjectGuard;
-use wharf_testbed::images::APP_PORT;
 use wharf_testbed::{docker, TestVersion};
 
 use crate::compose_agent::ComposeFleet;
-use crate::docker_agent::{wharf_json, RemoveContainers};
+use crate::docker_agent::{deploy_on, wharf_json, RemoveContainers};
 
 /// The audit's row for `(agent, target)`.
 fn row<'a>(rows: &'a Value, agent: &str, target: &str) -> &'a Value {
@@ -57,24 +56,7 @@ fn fleet_audit_reports_ok_then_tampered_drift_and_unreachable() {
     for (agent, target, version) in [(&d1, &t1, TestVersion::V1), (&d2, &t2, TestVersion::V2)] {
         let port = wharf_testbed::free_port().unwrap();
         let image = fleet.images.web(version).to_string();
-        let publish = format!("127.0.0.1:{port}:{APP_PORT}");
-        let (code, task) = wharf_json(
-            core,
-            &[
-                "deploy",
-                "--agent",
-                &agent.name,
-                "--target",
-                target,
-                "--image",
-                &image,
-                "--port",
-                &publish,
-                "--health-timeout",
-                "30s",
-                "--wait",
-            ],
-        );
+        let (code, task) = deploy_on(core, &agent.name, target, &image, port, &[]);
         assert_eq!(code, Some(0), "{task}");
     }
     let (code, task) = fleet.deploy(

@@ -94,29 +94,48 @@ impl Fleet {
         v: TestVersion,
         extra: &[&str],
     ) -> (Option<i32>, Value) {
-        let image = self.image(v);
-        let publish = format!("127.0.0.1:{port}:{APP_PORT}");
-        let mut args = vec![
-            "deploy",
-            "--agent",
+        deploy_on(
+            &self.core,
             &self.agent.name,
-            "--target",
             target,
-            "--image",
-            &image,
-            "--port",
-            &publish,
-            "--health-timeout",
-            "30s",
-            "--wait",
-        ];
-        args.extend_from_slice(extra);
-        self.wharf_json(&args)
+            &self.image(v),
+            port,
+            extra,
+        )
     }
 
     fn raw(&self, args: &[&str]) -> Output {
         self.core.wharf(args).unwrap()
     }
+}
+
+/// `wharf deploy --agent AGENT --target T --image IMAGE --port 127.0.0.1:PORT:APP
+/// --health-timeout 30s --wait EXTRA... --output json` on `core`.
+pub(crate) fn deploy_on(
+    core: &Core,
+    agent: &str,
+    target: &str,
+    image: &str,
+    port: u16,
+    extra: &[&str],
+) -> (Option<i32>, Value) {
+    let publish = format!("127.0.0.1:{port}:{APP_PORT}");
+    let mut args = vec![
+        "deploy",
+        "--agent",
+        agent,
+        "--target",
+        target,
+        "--image",
+        image,
+        "--port",
+        &publish,
+        "--health-timeout",
+        "30s",
+        "--wait",
+    ];
+    args.extend_from_slice(extra);
+    wharf_json(core, &args)
 }
 
 /// `wharf ARGS --output json` on `core`: exit code and the JSON document.
