@@ -167,7 +167,7 @@ pub async fn build(
         )
     } else {
         (
-            "previous container kept",
+            "previous release: wharf rollback restores the kept previous container, or pulls this digest if the host no longer keeps it",
             format!("wharf rollback --agent {agent} --target {target}"),
         )
     };
@@ -436,7 +436,7 @@ mod tests {
                 RollbackStatus::Unknown,
             ]
         );
-        assert_eq!(entries[2].rollback.detail, "previous container kept");
+        assert_eq!(entries[2].rollback.detail, "previous release: wharf rollback restores the kept previous container, or pulls this digest if the host no longer keeps it");
         assert_eq!(
             entries[2].rollback.command.as_deref(),
             Some("wharf rollback --agent a --target web")

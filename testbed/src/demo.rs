@@ -10,7 +10,9 @@
 //! 5. Deploy `broken`: it fails its health check and v2 is restored.
 //! 6. `wharf sticker read` and `wharf inspect` show what runs and who put it there.
 //! 7. `wharf audit` checks the sticker against what runs and core's record (`ok`).
-//! 8. A tag-only reference is refused before anything is submitted (exit 2).
+//! 8. `wharf task evidence --verify` shows the broken deploy's signed evidence record, and
+//!    `wharf history` every deploy of the target with the ones it can go back to.
+//! 9. A tag-only reference is refused before anything is submitted (exit 2).
 //!
 //! Everything it made (containers, processes, registry, images, directories) is removed
 //! at the end, on failure, and on Ctrl-C/SIGTERM.
@@ -272,7 +274,35 @@ fn story(leftovers: &Arc<Mutex<Leftovers>>) -> Result<()> {
         );
     }
 
-    step("8. A tag-only reference is refused before anything is submitted");
+    step("8. The signed evidence of the broken deploy, and the target's history");
+    let broken_id = t3["id"].as_str().unwrap_or_default().to_string();
+    let key = core.data_dir().join("sticker.pub");
+    let key = key.to_str().context("the data dir is not UTF-8")?;
+    println!("   $ wharf task evidence {broken_id} --verify --key DATA/sticker.pub  (some fields)");
+    let out = core.wharf(&["task", "evidence", &broken_id, "--verify", "--key", key])?;
+    if !out.status.success() {
+        bail!(
+            "the evidence of {broken_id} did not verify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let evidence: Value =
+        serde_json::from_slice(&out.stdout).context("`wharf task evidence` printed no JSON")?;
+    for (label, value) in [
+        ("outcome", &evidence["outcome"]),
+        ("requested", &evidence["requested"]),
+        ("before", &evidence["before"]),
+        ("after", &evidence["after"]),
+        ("signature", &evidence["signature"]["key_id"]),
+    ] {
+        println!("     {label:<9} {value}");
+    }
+    print_indented(&String::from_utf8_lossy(&out.stderr));
+    println!("   $ wharf history --agent {agent_name} --target {target}");
+    let out = core.wharf(&["history", "--agent", &agent_name, "--target", &target])?;
+    print_indented(&text(out));
+
+    step("9. A tag-only reference is refused before anything is submitted");
     let tagged = format!("{}:v1", testbed.image(TestVersion::V1).repository());
     println!("   $ wharf deploy --agent {agent_name} --target {target} --image {tagged}");
     let out = core.wharf(&[
