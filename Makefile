@@ -34,6 +34,7 @@ bench:
 	$(CARGO) bench --locked -p wharf-testbed --bench poll_dispatch
 	$(CARGO) bench --locked -p wharf-testbed --bench docker_swap
 	$(CARGO) bench --locked -p wharf-testbed --bench compose_deploy
+	$(CARGO) bench --locked -p wharf-testbed --bench fleet_audit
 
 ## fuzz: the protocol fuzz targets (needs cargo-fuzz and a nightly toolchain).
 fuzz:

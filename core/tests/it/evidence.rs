@@ -338,7 +338,10 @@ async fn evidence_and_history_through_the_api_and_the_cli_survive_a_restart() {
     let out = wharf(&server, &["history", "--agent", "web-1", "--target", "web"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("TASK"), "{text}");
-    assert!(text.contains("restores the kept previous container"), "{text}");
+    assert!(
+        text.contains("restores the kept previous container"),
+        "{text}"
+    );
     assert!(
         text.contains(&format!(
             "To go back to {b}: wharf rollback --agent web-1 --target web"
