@@ -358,6 +358,7 @@ async fn tokens_and_roles_decide_401_and_403() {
         (&deployer, "GET", "/v1/agents", StatusCode::OK),
         (&deployer, "GET", "/v1/tokens", StatusCode::FORBIDDEN),
         (&deployer, "GET", "/v1/audit-log", StatusCode::FORBIDDEN),
+        (&deployer, "GET", "/v1/audit", StatusCode::FORBIDDEN),
         (
             &deployer,
             "POST",
@@ -378,6 +379,19 @@ async fn tokens_and_roles_decide_401_and_403() {
         (&auditor, "GET", "/v1/registries", StatusCode::OK),
         (&auditor, "GET", "/v1/audit-log", StatusCode::OK),
         (&auditor, "GET", "/v1/audit-log/verify", StatusCode::OK),
+        (&auditor, "GET", "/v1/audit?wait=1s", StatusCode::OK),
+        (
+            &auditor,
+            "GET",
+            "/v1/audit?agent=nobody",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            &auditor,
+            "GET",
+            "/v1/audit?wait=0s",
+            StatusCode::BAD_REQUEST,
+        ),
         (&auditor, "POST", "/v1/tasks", StatusCode::FORBIDDEN),
         (&auditor, "POST", "/v1/agents/tokens", StatusCode::FORBIDDEN),
         (&auditor, "POST", "/v1/registries", StatusCode::FORBIDDEN),
