@@ -21,7 +21,7 @@
 //! image id, output `image_digests` of the Docker agent, `repo_digests` per service of
 //! the Compose agent), not from labels someone may have copied.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ use uuid::Uuid;
 use wharf_protocol::{DurationMs, ErrorType, Priority, TaskPayload, TaskResult};
 use wharf_sticker::{Component, Keyring, TargetKind, Verification};
 
-use crate::engine::{Engine, EngineError, RecordedTarget, SubmitRequest, TaskEvent};
+use crate::engine::{Engine, EngineError, RecordedTarget, SubmitRequest, TaskEvent, TaskView};
 
 /// How long [`run`] waits for the agents' answers unless told otherwise.
 pub const DEFAULT_AUDIT_WAIT: Duration = Duration::from_secs(30);
@@ -452,6 +452,10 @@ pub struct AgentStatus {
 /// `actor` (the tasks are submitted, and audit-logged, in their name). Waits up to `wait`
 /// for the answers; a target whose agent did not answer by then is `unreachable`.
 ///
+/// Every target at once: the submits run concurrently (the engine commits them in shared
+/// rounds), and one subscriber to the engine's events waits for all the tasks, so the
+/// cost grows with the number of tasks, not with its square.
+///
 /// # Errors
 ///
 /// [`EngineError`] when the engine refuses a submit for another reason than the agent
@@ -469,116 +473,169 @@ pub async fn run(
         .iter()
         .map(|a| (a.name.as_str(), a.state.as_str()))
         .collect();
-    // Every target at once: the engine commits concurrent submits in shared rounds, and
-    // the agents answer in parallel.
-    let audits = targets.iter().map(|record| {
+    // Subscribed before the first submit: no state change of an audit task is missed.
+    let events = engine.subscribe();
+    let asked = targets.iter().map(|record| {
         let state = state_of.get(record.agent.as_str()).copied();
-        audit_one(engine, keyring, record, state, actor, wait, deadline)
+        ask(engine, record, state, actor, wait)
     });
-    futures_util::future::join_all(audits)
+    let asked: Vec<Result<Asked, String>> = futures_util::future::join_all(asked)
         .await
         .into_iter()
-        .collect()
+        .collect::<Result<_, _>>()?;
+    let ids: Vec<Uuid> = asked
+        .iter()
+        .filter_map(|a| a.as_ref().ok())
+        .flat_map(|a| [a.sticker, a.inspect])
+        .collect();
+    let mut answers = await_all(engine, events, &ids, deadline).await;
+    let mut take = |id: Uuid, agent: &str| {
+        answers
+            .remove(&id)
+            .unwrap_or_else(|| Answer::Missing(format!("agent {agent} did not answer task {id}")))
+    };
+    Ok(targets
+        .iter()
+        .zip(asked)
+        .map(|(record, asked)| {
+            let observation = match asked {
+                Ok(a) => Observation {
+                    sticker: take(a.sticker, &record.agent),
+                    inspect: take(a.inspect, &record.agent),
+                    tasks: vec![a.sticker, a.inspect],
+                },
+                Err(why) => Observation {
+                    sticker: Answer::Missing(why.clone()),
+                    inspect: Answer::Missing(why),
+                    tasks: Vec::new(),
+                },
+            };
+            judge(record, &observation, keyring)
+        })
+        .collect())
 }
 
-/// The row of one target whose agent is in `state` (`None`: not enrolled).
-async fn audit_one(
+/// The two tasks that read one target.
+struct Asked {
+    sticker: Uuid,
+    inspect: Uuid,
+}
+
+/// Submits the `read-sticker` and `inspect` tasks of a target whose agent is in `state`
+/// (`None`: not enrolled); `Ok(Err(why))` when the agent cannot be asked.
+async fn ask(
     engine: &Engine,
-    keyring: &Keyring,
     record: &RecordedTarget,
     state: Option<&str>,
     actor: &str,
     wait: Duration,
-    deadline: tokio::time::Instant,
-) -> Result<AuditRow, EngineError> {
-    let missing = |why: String| Observation {
-        sticker: Answer::Missing(why.clone()),
-        inspect: Answer::Missing(why),
-        tasks: Vec::new(),
-    };
+) -> Result<Result<Asked, String>, EngineError> {
     let gone = || format!("agent {} is no longer enrolled", record.agent);
-    let observation = match state {
-        Some("online") => {
-            let mut ids = Vec::new();
-            for payload in [TaskPayload::ReadSticker, TaskPayload::Inspect] {
-                let request = SubmitRequest {
-                    agent: record.agent.clone(),
-                    target: record.target.clone(),
-                    payload,
-                    priority: Priority::High,
-                    idempotency_key: None,
-                    expires_at: None,
-                    expires_in: Some(DurationMs::from(wait)),
-                    timeout: Some(DurationMs::from(wait)),
-                    max_attempts: Some(1),
-                };
-                match engine.submit(request, actor).await {
-                    Ok((_, view)) => ids.push(view.id),
-                    Err(EngineError::UnknownAgent(_)) => break,
-                    Err(e) => return Err(e),
-                }
-            }
-            match ids[..] {
-                [sticker, inspect] => {
-                    let (s, i) = tokio::join!(
-                        await_result(engine, sticker, deadline, &record.agent),
-                        await_result(engine, inspect, deadline, &record.agent)
-                    );
-                    Observation {
-                        sticker: s,
-                        inspect: i,
-                        tasks: ids,
-                    }
-                }
-                _ => missing(gone()),
-            }
+    match state {
+        Some("online") => {}
+        Some("revoked") => return Ok(Err(format!("agent {} is revoked", record.agent))),
+        Some(_) => return Ok(Err(format!("agent {} is offline", record.agent))),
+        None => return Ok(Err(gone())),
+    }
+    let mut ids = Vec::with_capacity(2);
+    for payload in [TaskPayload::ReadSticker, TaskPayload::Inspect] {
+        let request = SubmitRequest {
+            agent: record.agent.clone(),
+            target: record.target.clone(),
+            payload,
+            priority: Priority::High,
+            idempotency_key: None,
+            expires_at: None,
+            expires_in: Some(DurationMs::from(wait)),
+            timeout: Some(DurationMs::from(wait)),
+            max_attempts: Some(1),
+        };
+        match engine.submit(request, actor).await {
+            Ok((_, view)) => ids.push(view.id),
+            Err(EngineError::UnknownAgent(_)) => return Ok(Err(gone())),
+            Err(e) => return Err(e),
         }
-        Some("revoked") => missing(format!("agent {} is revoked", record.agent)),
-        Some(_) => missing(format!("agent {} is offline", record.agent)),
-        None => missing(gone()),
-    };
-    Ok(judge(record, &observation, keyring))
+    }
+    Ok(match ids[..] {
+        [sticker, inspect] => Ok(Asked { sticker, inspect }),
+        _ => Err(gone()),
+    })
 }
 
-/// The result of task `id` once it is terminal, or why there is none by `deadline`.
-async fn await_result(
+/// The answer to each task of `ids` once it is terminal, or why there is none by
+/// `deadline`. `events` must have been subscribed before the tasks were submitted.
+async fn await_all(
     engine: &Engine,
-    id: Uuid,
+    mut events: tokio::sync::broadcast::Receiver<TaskEvent>,
+    ids: &[Uuid],
     deadline: tokio::time::Instant,
-    agent: &str,
-) -> Answer {
-    let Some((mut view, mut events)) = engine.watch(id).await else {
-        return Answer::Missing(format!("task {id} is unknown to core"));
-    };
-    loop {
-        if view.state.is_terminal() {
-            return match view.result {
-                Some(result) => Answer::Finished(Box::new(result)),
-                None => Answer::Missing(format!(
-                    "agent {agent} did not run task {id} (it ended {})",
-                    view.state
-                )),
-            };
-        }
-        let event = tokio::time::timeout_at(deadline, events.recv()).await;
-        match event {
-            Err(_) => {
-                return Answer::Missing(format!(
-                    "agent {agent} did not answer in time (task {id} is still {})",
-                    view.state
-                ))
+) -> HashMap<Uuid, Answer> {
+    let mut answers = HashMap::with_capacity(ids.len());
+    let mut pending: HashSet<Uuid> = ids.iter().copied().collect();
+    // Whatever ended before this point (the events of it may be in the buffer too).
+    recheck(engine, &mut pending, &mut answers).await;
+    while !pending.is_empty() {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => break,
+            Ok(Ok(TaskEvent::State { task_id, state })) => {
+                if state.is_terminal() && pending.remove(&task_id) {
+                    let answer = match engine.get(task_id).await {
+                        Some(view) => answer_of(view),
+                        None => Answer::Missing(format!("task {task_id} is unknown to core")),
+                    };
+                    answers.insert(task_id, answer);
+                }
             }
-            Ok(Ok(TaskEvent::State { task_id, .. })) if task_id == id => {}
-            Ok(Ok(_)) => continue,
-            Ok(Err(RecvError::Lagged(_))) => {}
-            Ok(Err(RecvError::Closed)) => {
-                return Answer::Missing("core is shutting down".into());
-            }
+            Ok(Ok(TaskEvent::Progress { .. })) => {}
+            // Events were dropped for this slow reader: read the pending tasks again.
+            Ok(Err(RecvError::Lagged(_))) => recheck(engine, &mut pending, &mut answers).await,
+            Ok(Err(RecvError::Closed)) => break,
         }
-        match engine.get(id).await {
-            Some(v) => view = v,
-            None => return Answer::Missing(format!("task {id} is unknown to core")),
+    }
+    for id in pending {
+        let why = match engine.get(id).await {
+            Some(view) => format!(
+                "agent {} did not answer in time (task {id} is still {})",
+                view.agent, view.state
+            ),
+            None => format!("task {id} is unknown to core"),
+        };
+        answers.insert(id, Answer::Missing(why));
+    }
+    answers
+}
+
+/// Moves every task of `pending` that has ended into `answers`.
+async fn recheck(
+    engine: &Engine,
+    pending: &mut HashSet<Uuid>,
+    answers: &mut HashMap<Uuid, Answer>,
+) {
+    let mut ended = Vec::new();
+    for id in pending.iter() {
+        match engine.get(*id).await {
+            Some(view) if view.state.is_terminal() => ended.push((*id, answer_of(view))),
+            Some(_) => {}
+            None => ended.push((
+                *id,
+                Answer::Missing(format!("task {id} is unknown to core")),
+            )),
         }
+    }
+    for (id, answer) in ended {
+        pending.remove(&id);
+        answers.insert(id, answer);
+    }
+}
+
+/// The answer of a terminal task.
+fn answer_of(view: TaskView) -> Answer {
+    match view.result {
+        Some(result) => Answer::Finished(Box::new(result)),
+        None => Answer::Missing(format!(
+            "agent {} did not run task {} (it ended {})",
+            view.agent, view.id, view.state
+        )),
     }
 }
 
