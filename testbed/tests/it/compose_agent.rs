@@ -358,6 +358,13 @@ fn compose_deploy_upgrade_broken_restored_refusals_rollback_and_no_secret_anywhe
         );
     }
 
+    // The audit after the rollback: the restored sticker, v1 running and core's record
+    // (the rollback made the previous release current again) agree.
+    let (code, rows) = fleet.wharf_json(&["audit", "--agent", &fleet.agent.name]);
+    assert_eq!(code, Some(0), "{rows}");
+    assert_eq!(rows[0]["status"], "ok", "{rows}");
+    assert_eq!(rows[0]["evidence"]["record"]["task"], t1["id"], "{rows}");
+
     // The registry password is in no file of core, the agent or the deploy root, and in
     // no log line.
     assert_no_leak(
