@@ -91,6 +91,27 @@ struct ServeArgs {
     /// Poll requests in flight (held or being served) in total; more get 429.
     #[arg(long, env = "WHARF_POLL_MAX_IN_FLIGHT", value_name = "N", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     poll_max_in_flight: u64,
+    /// How long finished read-only tasks (inspect, read-sticker, health-check, the fleet
+    /// audit's among them) are kept before core forgets them (e.g. 24h, 7d); `0` keeps
+    /// them forever. Deploys and rollbacks are always kept.
+    #[arg(long, env = "WHARF_READ_TASK_RETENTION", value_name = "DURATION", default_value = "24h", value_parser = parse_retention)]
+    read_task_retention: Retention,
+}
+
+/// `--read-task-retention`: a duration, or forever.
+#[derive(Debug, Clone, Copy)]
+struct Retention(Option<Duration>);
+
+fn parse_retention(text: &str) -> Result<Retention, String> {
+    if text.trim() == "0" {
+        return Ok(Retention(None));
+    }
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}: expected a duration such as 24h or 7d, or 0 for forever"))?;
+    if d < Duration::from_secs(60) {
+        return Err("must be at least 1m (or 0 to keep them forever)".into());
+    }
+    Ok(Retention(Some(d)))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -152,6 +173,7 @@ struct Settings {
     master_key: Option<(SecretString, Source)>,
     config_file: Option<PathBuf>,
     poll: PollConfig,
+    read_task_retention: Option<Duration>,
 }
 
 fn source_of(matches: &ArgMatches, id: &str) -> Option<Source> {
@@ -256,6 +278,7 @@ fn resolve(args: ServeArgs, matches: &ArgMatches) -> Result<Settings> {
         master_key: master_key.map(|(k, s)| (SecretString::new(k.expose().trim().to_string()), s)),
         config_file: args.config,
         poll,
+        read_task_retention: args.read_task_retention.0,
     })
 }
 
@@ -327,6 +350,7 @@ async fn serve(settings: Settings) -> Result<()> {
         long_poll = ?settings.poll.long_poll,
         poll_rate = settings.poll.max_requests_per_sec,
         poll_max_in_flight = settings.poll.max_in_flight,
+        read_task_retention = ?settings.read_task_retention,
         version = env!("CARGO_PKG_VERSION"),
         "wharf-core configuration"
     );
@@ -335,7 +359,10 @@ async fn serve(settings: Settings) -> Result<()> {
         data_dir: data_dir.clone(),
         server_names: names.clone(),
         master_key: settings.master_key.map(|(key, _)| key),
-        engine: EngineConfig::default(),
+        engine: EngineConfig {
+            read_task_retention: settings.read_task_retention,
+            ..EngineConfig::default()
+        },
     })
     .await?;
     // Absolute, so that the printed exports work from any directory.

@@ -73,7 +73,15 @@ pub struct EngineConfig {
     /// must live in the store the engine is started on. `None`: nothing is recorded
     /// (unit tests).
     pub audit: Option<AuditLog>,
+    /// How long finished read-only tasks (`inspect`, `read-sticker`, `health-check`,
+    /// among them the fleet audit's two per target) are kept, in memory and in the
+    /// store, before they are forgotten. `None`: kept forever. Deploys, rollbacks and
+    /// sticker writes are always kept (history, evidence, core's record).
+    pub read_task_retention: Option<Duration>,
 }
+
+/// How long finished read-only tasks are kept by default.
+pub const DEFAULT_READ_TASK_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 impl EngineConfig {
     /// Records submits and cancels in `audit` (which must live in the engine's store).
@@ -89,6 +97,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("queue", &self.queue)
             .field("event_buffer", &self.event_buffer)
             .field("audit", &self.audit.is_some())
+            .field("read_task_retention", &self.read_task_retention)
             .finish_non_exhaustive()
     }
 }
@@ -100,6 +109,7 @@ impl Default for EngineConfig {
             event_buffer: 4096,
             clock: Arc::new(system_now_ms),
             audit: None,
+            read_task_retention: Some(DEFAULT_READ_TASK_RETENTION),
         }
     }
 }
@@ -465,6 +475,10 @@ impl Engine {
             signing_key,
             clock: config.clock.clone(),
             audit: config.audit.clone(),
+            read_retention_ms: config
+                .read_task_retention
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            next_eviction: 0,
         };
         tokio::spawn(actor.run());
         Ok(Engine {
@@ -847,6 +861,58 @@ struct Actor {
     signing_key: Option<Arc<SigningKey>>,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
     audit: Option<AuditLog>,
+    /// [`EngineConfig::read_task_retention`] in ms.
+    read_retention_ms: Option<u64>,
+    /// When the next pass over finished read-only tasks is due (ms).
+    next_eviction: u64,
+}
+
+/// How often finished read-only tasks past their retention are looked for.
+const EVICTION_INTERVAL_MS: u64 = 60_000;
+/// Most tasks forgotten in one round (the rest go in the next passes).
+const MAX_EVICTED_PER_ROUND: usize = 10_000;
+
+/// Whether a task kind only reads the host (its finished tasks may be forgotten).
+fn is_read_only_kind(kind: &str) -> bool {
+    [
+        TaskKind::Inspect,
+        TaskKind::ReadSticker,
+        TaskKind::HealthCheck,
+    ]
+    .iter()
+    .any(|k| k.as_str() == kind)
+}
+
+/// Forgets, when a pass is due (`next`), the finished read-only tasks older than the
+/// retention: out of memory here, out of the store in the round's batch (the caller
+/// removes the returned ids there).
+fn evict_read_tasks(
+    retention_ms: Option<u64>,
+    next: &mut u64,
+    state: &mut State,
+    now: u64,
+) -> Vec<TaskId> {
+    let Some(retention) = retention_ms else {
+        return Vec::new();
+    };
+    if now < *next {
+        return Vec::new();
+    }
+    let evicted = state.queue.evict_finished_where(
+        now.saturating_sub(retention),
+        MAX_EVICTED_PER_ROUND,
+        |r| is_read_only_kind(&r.kind),
+    );
+    for id in &evicted {
+        state.extras.remove(id);
+    }
+    // A full pass may have left more: look again soon.
+    *next = if evicted.len() == MAX_EVICTED_PER_ROUND {
+        now
+    } else {
+        now.saturating_add(EVICTION_INTERVAL_MS)
+    };
+    evicted
 }
 
 /// An audit entry a round owes: written into the round's batch once every command of
@@ -915,8 +981,17 @@ impl Actor {
         for id in &outcome.changed {
             state.note_deploy(*id);
         }
+        let evicted = evict_read_tasks(
+            self.read_retention_ms,
+            &mut self.next_eviction,
+            &mut state,
+            now,
+        );
 
         let mut batch = Batch::new();
+        for id in &evicted {
+            batch.remove(Table::Tasks, id.as_bytes().to_vec());
+        }
         for id in &outcome.changed {
             if let Some(task) = state.stored_ref(*id) {
                 batch.put_postcard(Table::Tasks, id.as_bytes().to_vec(), &task)?;
@@ -993,7 +1068,11 @@ impl Actor {
         for (entry, reason) in closes {
             let _ = entry.tx.send(SessionCommand::Close { reason });
         }
-        Ok(state.queue.next_wakeup())
+        let eviction = self.read_retention_ms.map(|_| self.next_eviction);
+        Ok(match (state.queue.next_wakeup(), eviction) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     /// The signed evidence records of the tasks of `changed` that finished now (see

@@ -882,3 +882,71 @@ async fn rollbacks_ask_credentials_for_what_they_may_pull() {
     );
     assert!(asked.iter().any(|i| i == IMAGE_V2), "{asked:?}");
 }
+
+#[tokio::test]
+async fn finished_read_only_tasks_are_forgotten_after_the_retention_and_deploys_kept() {
+    let store = Arc::new(MemoryStore::new());
+    let now = Arc::new(std::sync::atomic::AtomicU64::new(1_000_000));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let config = EngineConfig {
+        clock,
+        read_task_retention: Some(Duration::from_secs(3600)),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(
+        store.clone(),
+        FakeDirectory::with(&["host-1"]),
+        None,
+        config.clone(),
+    )
+    .unwrap();
+    let mut session = engine.open_session("host-1", "quic").await.unwrap();
+    let run = |req: SubmitRequest| {
+        let engine = engine.clone();
+        async move {
+            let (_, view) = engine.submit(req, "auditor").await.unwrap();
+            view.id
+        }
+    };
+    let deployed = run(deploy("host-1", "web", IMAGE_V1, None)).await;
+    next_assign(&mut session).await;
+    engine
+        .result("host-1", TaskResult::success(deployed, 1, Timestamp::now()))
+        .await
+        .unwrap();
+    let mut inspect = deploy("host-1", "web", IMAGE_V1, Some("audit-1"));
+    inspect.payload = TaskPayload::Inspect;
+    let read = run(inspect.clone()).await;
+    next_assign(&mut session).await;
+    engine
+        .result("host-1", TaskResult::success(read, 1, Timestamp::now()))
+        .await
+        .unwrap();
+    let stored = |id: TaskId| store.get(Table::Tasks, id.as_bytes()).unwrap().is_some();
+    assert!(stored(read) && stored(deployed));
+
+    // Within the retention: kept (a round runs for the next submit).
+    now.fetch_add(30 * 60 * 1000, Ordering::SeqCst);
+    let mut other = deploy("host-1", "db", IMAGE_V1, None);
+    other.payload = TaskPayload::Inspect;
+    run(other.clone()).await;
+    assert!(engine.get(read).await.is_some());
+
+    // Past it: the inspect is gone from memory and store, its key free; the deploy stays.
+    now.fetch_add(2 * 3600 * 1000, Ordering::SeqCst);
+    run(other).await;
+    assert!(engine.get(read).await.is_none());
+    assert!(!stored(read));
+    assert!(engine.get(deployed).await.is_some() && stored(deployed));
+    let again = run(inspect).await;
+    assert_ne!(again, read, "the idempotency key names a new task");
+    drop(engine);
+
+    // A restart does not bring it back.
+    let engine = Engine::start(store, FakeDirectory::with(&["host-1"]), None, config).unwrap();
+    assert!(engine.get(read).await.is_none());
+    assert!(engine.get(deployed).await.is_some());
+}

@@ -1155,28 +1155,44 @@ impl Queue {
     /// idempotency keys are free again; a late result for them becomes
     /// [`QueueError::UnknownTask`].
     pub fn evict_finished(&mut self, before: u64, max: usize) -> Vec<TaskId> {
-        let mut evicted = Vec::new();
-        while evicted.len() < max {
-            let Some(&(at, id)) = self.finished.first() else {
-                break;
-            };
-            if at >= before {
-                break;
-            }
-            self.unlink(id);
-            let record = self.tasks.remove(&id).expect("indexed task exists");
-            self.by_seq.remove(&record.seq);
-            if let Some(key) = &record.idempotency_key {
-                if let Some(keys) = self.keys.get_mut(&record.requester) {
-                    keys.remove(key);
-                    if keys.is_empty() {
-                        self.keys.remove(&record.requester);
-                    }
+        self.evict_finished_where(before, max, |_| true)
+    }
+
+    /// [`Queue::evict_finished`] of the finished tasks `which` selects only (the others
+    /// are kept and skipped).
+    pub fn evict_finished_where(
+        &mut self,
+        before: u64,
+        max: usize,
+        which: impl Fn(&TaskRecord) -> bool,
+    ) -> Vec<TaskId> {
+        let chosen: Vec<TaskId> = self
+            .finished
+            .iter()
+            .take_while(|(at, _)| *at < before)
+            .map(|(_, id)| *id)
+            .filter(|id| self.tasks.get(id).is_some_and(&which))
+            .take(max)
+            .collect();
+        for id in &chosen {
+            self.forget(*id);
+        }
+        chosen
+    }
+
+    /// Removes a finished task from every index.
+    fn forget(&mut self, id: TaskId) {
+        self.unlink(id);
+        let record = self.tasks.remove(&id).expect("indexed task exists");
+        self.by_seq.remove(&record.seq);
+        if let Some(key) = &record.idempotency_key {
+            if let Some(keys) = self.keys.get_mut(&record.requester) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.keys.remove(&record.requester);
                 }
             }
-            evicted.push(id);
         }
-        evicted
     }
 
     // ---- queries --------------------------------------------------------------------

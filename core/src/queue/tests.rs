@@ -1079,6 +1079,25 @@ fn evict_finished_forgets_old_finished_tasks_and_their_keys() {
     submit(&mut q, t, T0 + 20);
 }
 
+#[test]
+fn evict_finished_where_forgets_only_the_selected_kinds() {
+    let mut q = Queue::new(config());
+    let mut read = task(1, "a", "web");
+    read.kind = "inspect".into();
+    submit(&mut q, task(2, "a", "db"), T0);
+    submit(&mut q, read, T0);
+    q.cancel(id(2), T0 + 1).unwrap();
+    q.cancel(id(1), T0 + 2).unwrap();
+    let inspect = |r: &TaskRecord| r.kind == "inspect";
+    // Too recent, then selected past the older deploy that is kept.
+    assert!(q.evict_finished_where(T0 + 2, 10, inspect).is_empty());
+    assert_eq!(q.evict_finished_where(T0 + 10, 10, inspect), vec![id(1)]);
+    q.check_consistency();
+    assert!(q.get(id(1)).is_none());
+    assert!(q.get(id(2)).is_some());
+    assert!(q.evict_finished_where(T0 + 10, 10, inspect).is_empty());
+}
+
 // ---- scale ------------------------------------------------------------------------
 
 /// 100k tasks over 10k agents (plus 10k on one target and 10k targets of one agent),
