@@ -212,8 +212,11 @@ impl Journal {
                 .open()
             {
                 Ok(db) => break db,
+                // sled reports a held lock as an `Other` IO error naming it (the
+                // `WouldBlock` of `flock` is only in its message).
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
                         && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(Duration::from_millis(20));
@@ -531,6 +534,20 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn open_waits_for_a_journal_that_is_being_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = open(dir.path(), 10);
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        // Held for 300 ms more: the open waits for it instead of failing at once.
+        let reopened = open(dir.path(), 10);
+        closer.join().unwrap();
+        drop(reopened);
     }
 
     #[tokio::test]
