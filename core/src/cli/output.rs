@@ -177,7 +177,7 @@ pub fn fleet_audit_table(rows: &[Value]) -> String {
 fn short_digest(digest: &str) -> String {
     digest
         .strip_prefix("sha256:")
-        .map(|hex| format!("sha256:{}", &hex[..hex.len().min(12)]))
+        .map(|hex| format!("sha256:{}", hex.get(..12).unwrap_or(hex)))
         .unwrap_or_else(|| digest.to_owned())
 }
 
@@ -413,6 +413,16 @@ mod tests {
     use wharf_protocol::{ErrorType, Priority, TaskKind, TaskResult};
 
     use crate::queue::TaskState;
+
+    #[test]
+    fn short_digests_never_cut_inside_a_character() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(short_digest(&d), "sha256:aaaaaaaaaaaa");
+        assert_eq!(short_digest("sha256:abc"), "sha256:abc");
+        // A bad answer from core: shown whole rather than a panic.
+        assert_eq!(short_digest("sha256:aaaaaaaaaaaé"), "sha256:aaaaaaaaaaaé");
+        assert_eq!(short_digest("latest"), "latest");
+    }
 
     #[test]
     fn fleet_audit_table_has_a_row_per_target_and_counts() {

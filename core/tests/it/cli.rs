@@ -31,6 +31,7 @@ pub(crate) fn wharf_with(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> O
         .env_remove("WHARF_URL")
         .env_remove("WHARF_TOKEN")
         .env_remove("WHARF_CA")
+        .env_remove("WHARF_STICKER_KEY")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -235,6 +236,15 @@ fn invalid_input_exits_2_and_names_the_field() {
     // A usage error (clap) is 2 as well.
     let out = wharf(&["deploy", "--agent", "a"], &env);
     assert_exit(&out, 2);
+    // `task evidence --verify` needs the public key (--key or WHARF_STICKER_KEY).
+    let id = "00000000-0000-0000-0000-000000000000";
+    let out = wharf(&["task", "evidence", id, "--verify"], &env);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("--key"), "{}", stderr(&out));
+    // The fleet audit's wait is checked before anything is sent.
+    let out = wharf(&["audit", "--wait", "soon"], &env);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("--wait"), "{}", stderr(&out));
 
     // A deploy file: the field and its line are named.
     let dir = tempfile::tempdir().unwrap();

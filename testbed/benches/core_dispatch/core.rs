@@ -11,6 +11,12 @@ use anyhow::{bail, Context, Result};
 use wharf_core::pki::{operator_client_config, ALPN_HTTP11};
 use wharf_testbed::simagent::CoreApi;
 
+/// [`core_binary`] off the async runtime (the build takes minutes).
+pub async fn core_binary_async(workspace: &Path) -> Result<PathBuf> {
+    let workspace = workspace.to_path_buf();
+    tokio::task::spawn_blocking(move || core_binary(&workspace)).await?
+}
+
 /// The `wharf-core` binary: `WHARF_CORE_BIN` if set, else built now with
 /// `cargo build --release --locked -p wharf-core --bin wharf-core`.
 pub fn core_binary(workspace: &Path) -> Result<PathBuf> {

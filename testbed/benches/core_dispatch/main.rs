@@ -160,11 +160,7 @@ fn main() -> ExitCode {
 
 async fn run(workspace: &Path, config: &Config, results: &mut Results) -> Result<()> {
     eprintln!("core_dispatch: {config:?}");
-    let bin = tokio::task::spawn_blocking({
-        let workspace = workspace.to_path_buf();
-        move || core::core_binary(&workspace)
-    })
-    .await??;
+    let bin = core::core_binary_async(workspace).await?;
     eprintln!("core_dispatch: wharf-core binary {}", bin.display());
     let started = Instant::now();
     if config.wants("memory") || config.wants("storm") {

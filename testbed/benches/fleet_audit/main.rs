@@ -90,11 +90,7 @@ fn image(n: usize) -> String {
 
 async fn run(workspace: &Path, config: &Config, results: &mut Results) -> Result<()> {
     eprintln!("fleet_audit: {config:?}");
-    let bin = tokio::task::spawn_blocking({
-        let workspace = workspace.to_path_buf();
-        move || core::core_binary(&workspace)
-    })
-    .await??;
+    let bin = core::core_binary_async(workspace).await?;
     let data = tempfile::tempdir()?;
     let core = CoreProcess::start(&bin, data.path())?;
     let api = core.api()?;

@@ -133,11 +133,7 @@ fn main() -> ExitCode {
 
 async fn run(workspace: &Path, config: &Config, results: &mut Results) -> Result<()> {
     eprintln!("poll_dispatch: {config:?}");
-    let bin = tokio::task::spawn_blocking({
-        let workspace = workspace.to_path_buf();
-        move || core::core_binary(&workspace)
-    })
-    .await??;
+    let bin = core::core_binary_async(workspace).await?;
     eprintln!("poll_dispatch: wharf-core binary {}", bin.display());
     let started = Instant::now();
     if config.wants("latency") {
