@@ -46,14 +46,8 @@ pub const ACTOR: &str = "wharf-core";
 
 /// The kinds that get evidence.
 pub fn is_evidence_kind(kind: &str) -> bool {
-    [
-        TaskKind::Deploy,
-        TaskKind::Rollback,
-        TaskKind::ComposeDeploy,
-        TaskKind::ComposeRollback,
-    ]
-    .iter()
-    .any(|k| k.as_str() == kind)
+    kind.parse::<TaskKind>()
+        .is_ok_and(TaskKind::changes_release)
 }
 
 /// Whether a task in this state gets a record now.

@@ -572,8 +572,7 @@ async fn await_all(
 ) -> HashMap<Uuid, Answer> {
     let mut answers = HashMap::with_capacity(ids.len());
     let mut pending: HashSet<Uuid> = ids.iter().copied().collect();
-    // Whatever ended before this point (the events of it may be in the buffer too).
-    recheck(engine, &mut pending, &mut answers).await;
+    // Every change after the subscription is in `events` (or reported as a lag).
     while !pending.is_empty() {
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Err(_) => break,

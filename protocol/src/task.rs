@@ -144,6 +144,26 @@ impl TaskKind {
     pub const fn is_compose(self) -> bool {
         matches!(self, TaskKind::ComposeDeploy | TaskKind::ComposeRollback)
     }
+
+    /// Whether the kind only reads the host (`inspect`, `read-sticker`, `health-check`).
+    pub const fn is_read_only(self) -> bool {
+        matches!(
+            self,
+            TaskKind::Inspect | TaskKind::ReadSticker | TaskKind::HealthCheck
+        )
+    }
+
+    /// Whether the kind changes which release runs on the target (deploys and rollbacks,
+    /// Docker and Compose).
+    pub const fn changes_release(self) -> bool {
+        matches!(
+            self,
+            TaskKind::Deploy
+                | TaskKind::Rollback
+                | TaskKind::ComposeDeploy
+                | TaskKind::ComposeRollback
+        )
+    }
 }
 
 /// A string that is not one of the kebab-case names of [`TaskKind`], [`ErrorType`] or
@@ -863,6 +883,25 @@ mod tests {
         let err = "healthcheck".parse::<TaskKind>().unwrap_err().to_string();
         assert!(err.contains("unknown task kind `healthcheck`"), "{err}");
         assert!(err.contains("health-check"), "{err}");
+    }
+
+    #[test]
+    fn read_only_and_release_changing_kinds_partition_all_but_write_sticker() {
+        let names = |f: fn(TaskKind) -> bool| -> Vec<&str> {
+            TaskKind::ALL
+                .into_iter()
+                .filter(|k| f(*k))
+                .map(TaskKind::as_str)
+                .collect()
+        };
+        assert_eq!(
+            names(TaskKind::is_read_only),
+            ["health-check", "inspect", "read-sticker"]
+        );
+        assert_eq!(
+            names(TaskKind::changes_release),
+            ["deploy", "rollback", "compose-deploy", "compose-rollback"]
+        );
     }
 
     #[test]

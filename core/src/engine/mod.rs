@@ -874,13 +874,7 @@ const MAX_EVICTED_PER_ROUND: usize = 10_000;
 
 /// Whether a task kind only reads the host (its finished tasks may be forgotten).
 fn is_read_only_kind(kind: &str) -> bool {
-    [
-        TaskKind::Inspect,
-        TaskKind::ReadSticker,
-        TaskKind::HealthCheck,
-    ]
-    .iter()
-    .any(|k| k.as_str() == kind)
+    kind.parse::<TaskKind>().is_ok_and(TaskKind::is_read_only)
 }
 
 /// Forgets, when a pass is due (`next`), the finished read-only tasks older than the
